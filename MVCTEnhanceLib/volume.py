@@ -1,0 +1,297 @@
+"""Volumes in Hounsfield units: the one currency of the library.
+
+A :class:`Volume` is a float32 numpy array indexed (slice, row, column) = ITK (k, j, i), plus ITK
+geometry (spacing, origin, direction in LPS, as SimpleITK reports them). Files, DICOM series, MRML
+nodes and tensors are only ways in and out of it. Reading validates the voxels (finite, HU-like),
+writing never leaves a half-written file and never overwrites without being asked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from .errors import InputError, OutputError
+
+#: Extensions (lower case) the writer accepts; NIfTI stores geometry as float32 by design of the format.
+WRITE_EXTENSIONS = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
+READ_EXTENSIONS = WRITE_EXTENSIONS + (".dcm",)
+INT16_RANGE = (-32768, 32767)
+
+
+@dataclasses.dataclass
+class Volume:
+    """A CT volume in HU with its geometry.
+
+    ``array`` is (slices, rows, columns) in numpy order, i.e. ITK (k, j, i). ``spacing``, ``origin``
+    and ``direction`` follow ITK/SimpleITK conventions (index order i, j, k; LPS; direction row-major
+    3x3 whose columns are the i, j, k axes). ``source_ndim`` is 2 for a 2D image read as one slice;
+    it is written back as 2D.
+    """
+
+    array: np.ndarray
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    direction: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+    source_ndim: int = 3
+    metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.array.ndim != 3:
+            raise InputError(f"a Volume needs a 3D array (slices, rows, columns), got shape {self.array.shape}")
+        self.spacing = tuple(float(s) for s in self.spacing)  # type: ignore[assignment]
+        self.origin = tuple(float(o) for o in self.origin)  # type: ignore[assignment]
+        self.direction = tuple(float(d) for d in self.direction)
+        if len(self.spacing) != 3 or len(self.origin) != 3 or len(self.direction) != 9:
+            raise InputError("a Volume needs 3 spacings, 3 origin coordinates and a 3x3 direction")
+        if min(self.spacing) <= 0 or not all(np.isfinite(self.spacing)):
+            raise InputError(f"voxel spacing must be positive and finite, got {self.spacing}")
+
+    @property
+    def direction_matrix(self) -> np.ndarray:
+        return np.asarray(self.direction, dtype=np.float64).reshape(3, 3)
+
+    def with_array(self, array: np.ndarray, **metadata: Any) -> "Volume":
+        """A new volume with the same geometry and ``array`` (copied to float32 only if needed)."""
+        if array.shape != self.array.shape:
+            raise InputError(f"array shape {array.shape} does not match the volume's {self.array.shape}")
+        meta = dict(self.metadata)
+        meta.update(metadata)
+        return Volume(np.asarray(array, dtype=np.float32), self.spacing, self.origin, self.direction,
+                      self.source_ndim, meta)
+
+    def same_geometry(self, other: "Volume") -> bool:
+        """Exact (bit-for-bit) equality of shape, spacing, origin and direction."""
+        return (self.array.shape == other.array.shape and self.spacing == other.spacing
+                and self.origin == other.origin and self.direction == other.direction)
+
+    def axial_axis(self) -> int:
+        """The numpy axis to slice along: see :func:`axial_axis`."""
+        return axial_axis(self.direction, self.array.shape)
+
+    def inplane_spacing(self, axis: int | None = None) -> tuple[float, float]:
+        """Spacing (mm) of the two numpy axes other than ``axis`` (default: the axial one), in order."""
+        axis = self.axial_axis() if axis is None else axis
+        numpy_spacing = self.spacing[::-1]  # ITK (i, j, k) -> numpy (k, j, i)
+        rest = [numpy_spacing[a] for a in range(3) if a != axis]
+        return (rest[0], rest[1])
+
+
+def axial_axis(direction: Sequence[float], shape: Sequence[int]) -> int:
+    """Numpy axis of the voxel grid closest to the patient's head-foot (LPS z) axis.
+
+    Found from the direction matrix, never assumed to be k: a sagittal or coronal acquisition is
+    sliced across its own axes. An image with exactly one axis of size 1 is a single 2D slice and is
+    sliced along that axis whatever its orientation.
+    """
+    singleton = [a for a in range(3) if shape[a] == 1]
+    if len(singleton) == 1:
+        return singleton[0]
+    d = np.asarray(direction, dtype=np.float64).reshape(3, 3)
+    itk_axis = int(np.argmax(np.abs(d[2, :])))  # column c = ITK index axis c; row 2 = z component
+    return 2 - itk_axis
+
+
+def check_hu_plausible(array: np.ndarray, what: str = "image") -> None:
+    """Refuse values that are obviously not Hounsfield units; say what they look like instead.
+
+    CT in HU has water near 0 and air near -1000. Two frequent mistakes are caught: intensities
+    normalised to a small range (e.g. 0..1), and raw unsigned stored values whose rescale slope and
+    intercept were lost (air near 0, water near 1000).
+    """
+    lo = float(np.min(array))
+    hi = float(np.max(array))
+    if hi - lo <= 16.0 and lo >= -16.0 and hi <= 16.0 and hi > lo:
+        raise InputError(
+            f"{what} values span only {lo:g}..{hi:g}: they look normalised, not Hounsfield units. "
+            "Give the CT in HU (air about -1000, water 0).")
+    if lo >= 0.0:
+        median = float(np.median(array))
+        if median >= 500.0 or hi > 5000.0:
+            raise InputError(
+                f"{what} has no negative values (range {lo:g}..{hi:g}, median {median:g}): these look "
+                "like raw stored values without the DICOM rescale (air near 0, water near 1000), not HU. "
+                "Export it in HU or apply RescaleSlope/RescaleIntercept.")
+
+
+def validate_voxels(array: np.ndarray, what: str = "image", check_hu: bool = True) -> None:
+    """Errors for empty, non-finite or non-HU voxel arrays."""
+    if array.size == 0:
+        raise InputError(f"{what} is empty (shape {array.shape})")
+    finite = np.isfinite(array)
+    if not finite.all():
+        bad = int(array.size - np.count_nonzero(finite))
+        raise InputError(f"{what} has {bad} NaN or infinite voxel(s); fix or mask them before converting")
+    if check_hu:
+        check_hu_plausible(array, what)
+
+
+def _sitk():
+    import SimpleITK as sitk  # imported lazily: Slicer loads this module at start-up
+
+    return sitk
+
+
+def _dicom_series(folder: Path) -> list[tuple[str, list[str]]]:
+    sitk = _sitk()
+    reader = sitk.ImageSeriesReader()
+    ids = reader.GetGDCMSeriesIDs(str(folder)) or ()
+    return [(uid, list(reader.GetGDCMSeriesFileNames(str(folder), uid))) for uid in ids]
+
+
+def _image_to_volume(image: Any, path: Path, check_hu: bool) -> Volume:
+    sitk = _sitk()
+    what = f"'{path}'"
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{what} has {image.GetNumberOfComponentsPerPixel()} components per voxel "
+                         "(RGB or vector image); a CT volume has one")
+    dim = image.GetDimension()
+    if dim == 4 and image.GetSize()[3] == 1:
+        image = image[:, :, :, 0]
+        dim = 3
+    if dim not in (2, 3):
+        raise InputError(f"{what} is a {dim}D image (size {image.GetSize()}); give one 2D slice or a 3D volume")
+    if 0 in image.GetSize():
+        raise InputError(f"{what} is empty (size {image.GetSize()})")
+    array = sitk.GetArrayFromImage(image)
+    if array.dtype != np.float32:
+        array = array.astype(np.float32)
+    if dim == 2:
+        sp, org, d = image.GetSpacing(), image.GetOrigin(), image.GetDirection()
+        spacing = (sp[0], sp[1], 1.0)
+        origin = (org[0], org[1], 0.0)
+        direction = (d[0], d[1], 0.0, d[2], d[3], 0.0, 0.0, 0.0, 1.0)
+        array = array[np.newaxis]
+    else:
+        spacing, origin, direction = image.GetSpacing(), image.GetOrigin(), image.GetDirection()
+    validate_voxels(array, what, check_hu)
+    return Volume(np.ascontiguousarray(array), spacing, origin, direction, dim, {"source": str(path)})
+
+
+def read_volume(path: str | os.PathLike, series_uid: str | None = None, check_hu: bool = True) -> Volume:
+    """Read a CT in HU from NRRD, NIfTI, MetaImage, a DICOM file or a DICOM series folder.
+
+    DICOM rescale slope/intercept are applied (by GDCM). A folder holding several series must be
+    disambiguated with ``series_uid``; the error lists them. Raises :class:`InputError` for anything
+    that is not a usable CT in HU.
+    """
+    sitk = _sitk()
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"input '{p}' does not exist")
+    if p.is_dir():
+        series = _dicom_series(p)
+        if not series:
+            raise InputError(f"folder '{p}' holds no DICOM series (give a volume file or a folder of DICOM slices)")
+        if series_uid is None and len(series) > 1:
+            listing = "; ".join(f"{uid} ({len(files)} files)" for uid, files in series)
+            raise InputError(f"folder '{p}' holds {len(series)} DICOM series; pick one with its series UID: {listing}")
+        chosen = [files for uid, files in series if series_uid is None or uid == series_uid]
+        if not chosen:
+            raise InputError(f"series '{series_uid}' is not in '{p}'; it holds: {', '.join(u for u, _ in series)}")
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(chosen[0])
+        try:
+            image = reader.Execute()
+        except RuntimeError as exc:
+            raise InputError(f"cannot read the DICOM series in '{p}': {_first_line(exc)}") from None
+        vol = _image_to_volume(image, p, check_hu)
+        vol.metadata["dicom_files"] = len(chosen[0])
+        return vol
+    if p.stat().st_size == 0:
+        raise InputError(f"input '{p}' is an empty file")
+    try:
+        image = sitk.ReadImage(str(p))
+    except RuntimeError as exc:
+        raise InputError(f"cannot read '{p}' as an image ({_first_line(exc)}); "
+                         "supported: NRRD, NIfTI, MetaImage, DICOM") from None
+    return _image_to_volume(image, p, check_hu)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    # ITK messages start with a file:line banner; the useful text is the last line.
+    return lines[-1] if lines else type(exc).__name__
+
+
+def _extension(path: Path) -> str:
+    name = path.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+
+
+def check_output_path(path: str | os.PathLike, overwrite: bool = False,
+                      inputs: Iterable[str | os.PathLike] = ()) -> Path:
+    """Validate an output path before any work is done; returns it as a Path.
+
+    Refuses unknown extensions, an existing file unless ``overwrite``, any path equal to one of the
+    ``inputs`` (even with ``overwrite``), and a folder that does not exist.
+    """
+    p = Path(path)
+    ext = _extension(p)
+    if ext not in WRITE_EXTENSIONS:
+        raise OutputError(f"output '{p}': unsupported extension '{ext or p.name}'; use one of {', '.join(WRITE_EXTENSIONS)}")
+    for other in inputs:
+        o = Path(other)
+        if p.resolve() == o.resolve() or (p.exists() and o.exists() and os.path.samefile(p, o)):
+            raise OutputError(f"output '{p}' is the input file; choose another output path")
+    if p.exists() and not overwrite:
+        raise OutputError(f"output '{p}' exists; use --overwrite (overwrite=True) to replace it")
+    if p.is_dir():
+        raise OutputError(f"output '{p}' is a folder")
+    if not p.parent.exists():
+        raise OutputError(f"output folder '{p.parent}' does not exist")
+    return p
+
+
+def volume_to_image(volume: Volume, dtype: str = "float32") -> Any:
+    """SimpleITK image with the volume's exact geometry, as float32 or rounded, clipped int16."""
+    sitk = _sitk()
+    if dtype == "float32":
+        data = np.asarray(volume.array, dtype=np.float32)
+    elif dtype == "int16":
+        data = np.clip(np.rint(volume.array), *INT16_RANGE).astype(np.int16)
+    else:
+        raise OutputError(f"output type '{dtype}' is not supported; use float32 or int16")
+    if volume.source_ndim == 2 and data.shape[0] == 1:
+        image = sitk.GetImageFromArray(data[0])
+        d = volume.direction
+        image.SetSpacing(volume.spacing[:2])
+        image.SetOrigin(volume.origin[:2])
+        image.SetDirection((d[0], d[1], d[3], d[4]))
+    else:
+        image = sitk.GetImageFromArray(data)
+        image.SetSpacing(volume.spacing)
+        image.SetOrigin(volume.origin)
+        image.SetDirection(volume.direction)
+    return image
+
+
+def write_volume(volume: Volume, path: str | os.PathLike, dtype: str = "float32", overwrite: bool = False,
+                 inputs: Iterable[str | os.PathLike] = ()) -> Path:
+    """Write NRRD/NIfTI/MetaImage with the volume's geometry, atomically.
+
+    The file is written in a temporary folder beside the target and moved into place only when
+    complete (both files for .mhd/.nhdr), so a failure never leaves a partial or clobbered output.
+    NRRD and MetaImage keep geometry bit-exact; NIfTI stores it as float32 (a limit of the format).
+    """
+    sitk = _sitk()
+    p = check_output_path(path, overwrite, inputs)
+    image = volume_to_image(volume, dtype)
+    tmpdir = Path(tempfile.mkdtemp(prefix=".mvct-tmp-", dir=p.parent))
+    try:
+        staged = tmpdir / p.name
+        try:
+            sitk.WriteImage(image, str(staged), useCompression=True)
+        except RuntimeError as exc:
+            raise OutputError(f"cannot write '{p}': {_first_line(exc)}") from None
+        for produced in sorted(tmpdir.iterdir()):
+            os.replace(produced, p.parent / produced.name)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    return p
