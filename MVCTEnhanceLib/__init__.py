@@ -1,0 +1,47 @@
+"""MVCTEnhanceLib: MVCT -> kV-like CT conversion (extended CycleGAN) and no-reference quality maps.
+
+Public API (imported lazily, so ``import MVCTEnhanceLib`` is cheap and needs no torch):
+
+- volumes: :class:`Volume`, :func:`read_volume`, :func:`write_volume`
+- models: :func:`load_model`, :func:`save_model`, :class:`ModelCard`, :func:`read_card`
+- conversion: :func:`enhance`, :class:`EnhanceResult`, :func:`check_domain`
+- metrics: :func:`assess`, :func:`dig_map`, :func:`nselfssim_map`, :func:`body_mask`, :func:`summarize`
+- file jobs (what the CLI runs): :func:`enhance_file`, :func:`metrics_file`
+- errors: :class:`MVCTEnhanceError` and subclasses
+
+Not for diagnosis: see the model card of the model you use.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+from .errors import EnhanceCancelled, InputError, ModelError, MVCTEnhanceError, OutputError
+from .version import __version__
+
+_LAZY = {
+    "Volume": "volume", "read_volume": "volume", "write_volume": "volume",
+    "load_model": "modelfile", "save_model": "modelfile", "read_card": "modelfile", "LoadedModel": "modelfile",
+    "ModelCard": "modelcard",
+    "enhance": "inference", "EnhanceResult": "inference", "check_domain": "inference",
+    "assess": "metrics", "dig_map": "metrics", "nselfssim_map": "metrics", "body_mask": "metrics",
+    "summarize": "metrics",
+    "enhance_file": "pipeline", "metrics_file": "pipeline",
+}
+
+__all__ = sorted(_LAZY) + ["MVCTEnhanceError", "InputError", "OutputError", "ModelError", "EnhanceCancelled",
+                           "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'MVCTEnhanceLib' has no attribute '{name}'")
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

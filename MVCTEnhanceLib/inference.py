@@ -1,0 +1,244 @@
+"""Slice-by-slice MVCT -> kV-like conversion of a whole volume, keeping its geometry.
+
+Pipeline per batch of axial slices (axial = the voxel axis closest to head-foot, from the direction
+matrix):
+
+1. optional in-plane resampling to the model card's pixel spacing (bilinear, antialiased when
+   shrinking), when the volume's spacing differs by more than ``spacing_tolerance``;
+2. HU clipped to the card's window and mapped linearly to [-1, 1];
+3. reflect-padding to the network stride, the generator, cropping back;
+4. [-1, 1] mapped back to HU;
+5. voxels outside the window: *residual carry-over*. The network only ever saw the window edge, so
+   the part of a voxel's value beyond the edge is added back to the network's output, times the
+   card's ``outside_window`` gain (1 by default). Bone keeps bone-like HU and air keeps air-like HU
+   instead of being flattened to the window edges, and the mapping stays continuous at the edges;
+6. when resampled, only the *change* the network made (output - input on the network grid) is
+   resampled back and added to the original voxels, so the original resolution is kept wherever
+   the network changed nothing.
+
+The caller's array is never written to; a cancelled run raises :class:`EnhanceCancelled` and
+returns nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from .device import resolve_device
+from .errors import EnhanceCancelled, InputError
+from .modelcard import ModelCard
+from .modelfile import LoadedModel, load_model
+from .networks import STRIDE
+from .version import __version__
+from .volume import Volume, validate_voxels
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+#: Body voxels outside the model's window above this fraction trigger a domain warning.
+OUTSIDE_WINDOW_WARN_FRACTION = 0.05
+BODY_THRESHOLD_HU = -400.0
+
+ProgressFn = Callable[[int, int], None]
+CancelFn = Callable[[], bool]
+
+
+@dataclasses.dataclass
+class EnhanceResult:
+    volume: Volume
+    warnings: list[str]
+    seconds: float
+    device: str
+    parameters: dict[str, Any]
+
+
+def check_domain(volume: Volume, card: ModelCard, resample: bool = True, spacing_tolerance: float = 0.05) -> list[str]:
+    """Warnings (not errors) for inputs outside what the model was trained on."""
+    notes: list[str] = []
+    spacing = volume.inplane_spacing()
+    target = card.pixel_spacing_mm
+    off = [abs(s / t - 1.0) for s, t in zip(spacing, target)]
+    if max(off) > spacing_tolerance and not resample:
+        notes.append(f"pixel spacing {spacing[0]:.3g} x {spacing[1]:.3g} mm differs from the model's "
+                     f"{target[0]:.3g} x {target[1]:.3g} mm and resampling is off: anatomy appears at a "
+                     "scale the model was not trained on")
+    if max(off) > 1.0:
+        notes.append(f"pixel spacing {spacing[0]:.3g} x {spacing[1]:.3g} mm is far from the model's "
+                     f"{target[0]:.3g} x {target[1]:.3g} mm; results may be unreliable")
+    arr = volume.array
+    body = arr > BODY_THRESHOLD_HU
+    n_body = int(np.count_nonzero(body))
+    if n_body:
+        lo, hi = card.hu_window
+        outside = int(np.count_nonzero(body & ((arr < lo) | (arr > hi))))
+        if outside / n_body > OUTSIDE_WINDOW_WARN_FRACTION:
+            notes.append(f"{100.0 * outside / n_body:.1f}% of body voxels lie outside the model's window "
+                         f"[{lo:g}, {hi:g}] HU; their excess is carried over, not converted")
+    else:
+        notes.append(f"no voxel above {BODY_THRESHOLD_HU:g} HU: the image seems to contain no body")
+    return notes
+
+
+def _resolve_precision(precision: str, dev: Any) -> Any:
+    import torch
+
+    if precision not in PRECISIONS:
+        raise InputError(f"precision '{precision}' is not one of {', '.join(PRECISIONS)}")
+    if dev.type != "cuda":
+        if precision in ("fp16", "bf16"):
+            raise InputError(f"precision '{precision}' needs a CUDA device; this run uses {dev.type}")
+        return None
+    # fp16 keeps ~0.5 HU resolution over a 2000 HU window where bf16 would keep ~4 HU; instance norm
+    # runs in fp32 under autocast either way.
+    return {"auto": torch.float16, "fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}[precision]
+
+
+def _grid_size(n: int, spacing: float, target: float) -> int:
+    return max(1, int(round(n * spacing / target)))
+
+
+class _SliceConverter:
+    """Converts (B, H, W) float32 HU slices on one device; holds the per-run constants."""
+
+    def __init__(self, module: Any, card: ModelCard, dev: Any, amp_dtype: Any, net_hw: tuple[int, int] | None):
+        self.module, self.card, self.dev, self.amp_dtype, self.net_hw = module, card, dev, amp_dtype, net_hw
+        self.a, self.b = card.hu_to_net_scale()
+        self.lo, self.hi = card.hu_window
+        self.below_gain = float(card.outside_window.get("below_gain", 1.0))
+        self.above_gain = float(card.outside_window.get("above_gain", 1.0))
+
+    @staticmethod
+    def _resize(x: Any, size: tuple[int, int]) -> Any:
+        import torch.nn.functional as F
+
+        shrinking = size[0] < x.shape[-2] or size[1] < x.shape[-1]
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=shrinking)
+
+    @staticmethod
+    def _pad(x: Any) -> Any:
+        import torch.nn.functional as F
+
+        h, w = x.shape[-2:]
+        ph, pw = (-h) % STRIDE, (-w) % STRIDE
+        if ph == 0 and pw == 0:
+            return x
+        mode = "reflect" if h > ph and w > pw else "replicate"  # reflect needs pad < size
+        return F.pad(x, (0, pw, 0, ph), mode=mode)
+
+    def __call__(self, slices_hu: np.ndarray) -> np.ndarray:
+        import torch
+
+        x = torch.from_numpy(slices_hu).to(self.dev).unsqueeze(1)  # (B, 1, H, W) HU
+        h, w = x.shape[-2:]
+        x_net_grid = self._resize(x, self.net_hw) if self.net_hw else x
+        clipped = x_net_grid.clamp(self.lo, self.hi)
+        net_in = self._pad(clipped * self.a + self.b)
+        if self.amp_dtype is not None:
+            with torch.autocast(device_type=self.dev.type, dtype=self.amp_dtype):
+                y = self.module(net_in)
+        else:
+            y = self.module(net_in)
+        gh, gw = clipped.shape[-2:]
+        net_unpadded = net_in[..., :gh, :gw]
+        # Written as input + change so that a generator returning its input changes nothing, bit for
+        # bit; algebraically it is y_HU + gain * (x - clip(x)).
+        excess = x_net_grid - clipped
+        change = (y[..., :gh, :gw].float() - net_unpadded) / self.a
+        change = change + (self.below_gain - 1.0) * excess.clamp(max=0.0) + (self.above_gain - 1.0) * excess.clamp(min=0.0)
+        if self.net_hw:
+            change = self._resize(change, (h, w))
+        out = x + change
+        return out[:, 0].cpu().numpy()
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    oom_type = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", RuntimeError)
+    return isinstance(exc, oom_type) or "out of memory" in str(exc).lower()
+
+
+def enhance(volume: Volume, model: LoadedModel | str | os.PathLike, *, device: Any = "auto", batch_size: int = 8,
+            precision: str = "auto", resample: bool = True, spacing_tolerance: float = 0.05,
+            progress: ProgressFn | None = None, should_cancel: CancelFn | None = None) -> EnhanceResult:
+    """Convert an MVCT volume (HU) to a kV-like volume (HU) with the same geometry.
+
+    ``model`` is a :class:`LoadedModel` or a model file path. ``progress(done, total)`` is called
+    after each batch (and once with 0 at the start); ``should_cancel()`` is checked before each
+    batch and a True makes the run raise :class:`EnhanceCancelled`. On CUDA out-of-memory the batch
+    is halved, then the run falls back to the CPU; both are reported in ``warnings``.
+    """
+    import torch
+
+    if not isinstance(volume, Volume):
+        raise InputError(f"enhance() needs a Volume, got {type(volume).__name__}")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise InputError(f"batch size must be a positive integer, got {batch_size!r}")
+    if not spacing_tolerance >= 0:
+        raise InputError(f"spacing tolerance must be >= 0, got {spacing_tolerance!r}")
+    validate_voxels(volume.array, "input volume")
+    loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    card = loaded.card
+    dev = resolve_device(device)
+    amp_dtype = _resolve_precision(precision, dev)
+    t0 = time.perf_counter()
+
+    axis = volume.axial_axis()
+    slices = np.moveaxis(volume.array, axis, 0)  # a view: read only, never written
+    n, h, w = slices.shape
+    spacing = volume.inplane_spacing(axis)
+    target = card.pixel_spacing_mm
+    resampled = resample and any(abs(s / t - 1.0) > spacing_tolerance for s, t in zip(spacing, target))
+    net_hw = (_grid_size(h, spacing[0], target[0]), _grid_size(w, spacing[1], target[1])) if resampled else None
+    notes = check_domain(volume, card, resample, spacing_tolerance)
+
+    module = loaded.module.to(dev)
+    converter = _SliceConverter(module, card, dev, amp_dtype, net_hw)
+    out = np.empty((n, h, w), dtype=np.float32)
+    bs = batch_size
+    if progress:
+        progress(0, n)
+    start = 0
+    with torch.inference_mode():
+        while start < n:
+            if should_cancel is not None and should_cancel():
+                raise EnhanceCancelled(f"conversion cancelled after {start} of {n} slices; no output was produced")
+            stop = min(n, start + bs)
+            batch = np.array(slices[start:stop], dtype=np.float32, copy=True)
+            try:
+                out[start:stop] = converter(batch)
+            except Exception as exc:
+                if dev.type != "cuda" or not _is_oom(exc):
+                    raise
+                torch.cuda.empty_cache()
+                if bs > 1:
+                    bs = max(1, bs // 2)
+                    notes.append(f"CUDA out of memory: batch size reduced to {bs}")
+                else:
+                    dev = torch.device("cpu")
+                    converter = _SliceConverter(loaded.module.to(dev), card, dev, None, net_hw)
+                    notes.append("CUDA out of memory even with batch size 1: continued on the CPU")
+                log.warning(notes[-1])
+                continue
+            start = stop
+            if progress:
+                progress(start, n)
+
+    result = np.ascontiguousarray(np.moveaxis(out, 0, axis))
+    seconds = time.perf_counter() - t0
+    params = {
+        "engine_version": __version__,
+        "model": {"name": card.name, "version": card.version, "sha256": loaded.sha256},
+        "device": str(dev), "batch_size": bs, "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
+        "resample": bool(resample), "resampled": bool(resampled), "spacing_tolerance": spacing_tolerance,
+        "network_grid": list(net_hw) if net_hw else [h, w], "axial_axis": axis, "slices": n,
+    }
+    for note in notes:
+        log.warning(note)
+    return EnhanceResult(volume.with_array(result, enhanced_by=card.name), notes, seconds, str(dev), params)
