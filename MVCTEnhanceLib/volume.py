@@ -23,6 +23,9 @@ from .errors import InputError, OutputError
 WRITE_EXTENSIONS = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
 READ_EXTENSIONS = WRITE_EXTENSIONS + (".dcm",)
 INT16_RANGE = (-32768, 32767)
+#: Key of the exact (float64, repr-precise) geometry stored beside the format's own fields.
+GEOMETRY_KEY = "mvctenhance_geometry"
+NIFTI_ECODE_COMMENT = 6
 
 
 @dataclasses.dataclass
@@ -162,6 +165,11 @@ def _image_to_volume(image: Any, path: Path, check_hu: bool) -> Volume:
     array = sitk.GetArrayFromImage(image)
     if array.dtype != np.float32:
         array = array.astype(np.float32)
+    exact = _exact_geometry(image, path)
+    if exact is not None:
+        image.SetSpacing(exact["spacing"])
+        image.SetOrigin(exact["origin"])
+        image.SetDirection(exact["direction"])
     if dim == 2:
         sp, org, d = image.GetSpacing(), image.GetOrigin(), image.GetDirection()
         spacing = (sp[0], sp[1], 1.0)
@@ -286,12 +294,103 @@ def write_volume(volume: Volume, path: str | os.PathLike, dtype: str = "float32"
     tmpdir = Path(tempfile.mkdtemp(prefix=".mvct-tmp-", dir=p.parent))
     try:
         staged = tmpdir / p.name
+        geometry = _geometry_json(image)
+        image.SetMetaData(GEOMETRY_KEY, geometry)  # NRRD and MetaImage headers keep key/value pairs
         try:
             sitk.WriteImage(image, str(staged), useCompression=True)
         except RuntimeError as exc:
             raise OutputError(f"cannot write '{p}': {_first_line(exc)}") from None
+        if _extension(p) in (".nii", ".nii.gz"):
+            _nifti_add_comment(staged, f"{GEOMETRY_KEY}={geometry}")
         for produced in sorted(tmpdir.iterdir()):
             os.replace(produced, p.parent / produced.name)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
     return p
+
+
+# -- exact geometry --------------------------------------------------------------------------------
+# NRRD stores direction x spacing and NIfTI stores float32 and a quaternion, so ITK's readers give back
+# geometry that differs from what was written in the last bits. The writer therefore also stores the
+# exact float64 values (JSON, repr precision): as a header key for NRRD/MetaImage and as a NIfTI
+# comment extension. The reader adopts them only when they agree with the format's own fields, so a
+# file re-oriented by another tool is read by its standard header.
+
+def _geometry_json(image: Any) -> str:
+    import json
+
+    return json.dumps({"spacing": list(image.GetSpacing()), "origin": list(image.GetOrigin()),
+                       "direction": list(image.GetDirection())})
+
+
+def _exact_geometry(image: Any, path: Path) -> dict[str, list[float]] | None:
+    import json
+
+    text = image.GetMetaData(GEOMETRY_KEY) if image.HasMetaDataKey(GEOMETRY_KEY) else None
+    if text is None and _extension(path) in (".nii", ".nii.gz"):
+        text = _nifti_read_comment(path)
+    if not text:
+        return None
+    try:
+        g = json.loads(text)
+        spacing, origin, direction = (np.asarray(g[k], dtype=np.float64) for k in ("spacing", "origin", "direction"))
+    except (ValueError, KeyError, TypeError):
+        return None
+    dim = image.GetDimension()
+    if spacing.shape != (dim,) or origin.shape != (dim,) or direction.shape != (dim * dim,):
+        return None
+    # float32 storage (NIfTI) bounds the disagreement: ~1e-7 relative, plus quaternion round-off.
+    ok = (np.allclose(spacing, image.GetSpacing(), rtol=1e-5, atol=0)
+          and np.allclose(origin, image.GetOrigin(), rtol=1e-5, atol=1e-3)
+          and np.allclose(direction, image.GetDirection(), rtol=0, atol=1e-5))
+    if not ok:
+        return None
+    return {"spacing": spacing.tolist(), "origin": origin.tolist(), "direction": direction.tolist()}
+
+
+def _nifti_bytes(path: Path) -> bytes:
+    import gzip
+
+    data = path.read_bytes()
+    return gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+
+
+def _nifti_add_comment(path: Path, text: str) -> None:
+    """Insert a NIfTI-1 comment extension (ecode 6) holding ``text`` after the 348-byte header."""
+    import gzip
+    import struct
+
+    raw = _nifti_bytes(path)
+    if len(raw) < 352 or struct.unpack("<i", raw[:4])[0] != 348:
+        return  # not a little-endian NIfTI-1 file as ITK writes it: keep the standard header only
+    vox_offset = int(struct.unpack("<f", raw[108:112])[0])
+    payload = text.encode("utf-8")
+    esize = 8 + len(payload)
+    esize += (-esize) % 16  # extension sizes are multiples of 16
+    ext = struct.pack("<ii", esize, NIFTI_ECODE_COMMENT) + payload.ljust(esize - 8, b"\0")
+    header = bytearray(raw[:348])
+    header[108:112] = struct.pack("<f", float(352 + esize))
+    out = bytes(header) + b"\x01\0\0\0" + ext + raw[vox_offset:]
+    path.write_bytes(gzip.compress(out, compresslevel=6) if path.name.lower().endswith(".gz") else out)
+
+
+def _nifti_read_comment(path: Path) -> str | None:
+    import struct
+
+    try:
+        raw = _nifti_bytes(path)
+    except OSError:
+        return None
+    if len(raw) < 352 or struct.unpack("<i", raw[:4])[0] != 348 or raw[348] == 0:
+        return None
+    pos, end = 352, int(struct.unpack("<f", raw[108:112])[0])
+    while pos + 8 <= end:
+        esize, ecode = struct.unpack("<ii", raw[pos:pos + 8])
+        if esize < 16:
+            break
+        if ecode == NIFTI_ECODE_COMMENT:
+            body = raw[pos + 8:pos + esize].rstrip(b"\0").decode("utf-8", "replace")
+            if body.startswith(GEOMETRY_KEY + "="):
+                return body[len(GEOMETRY_KEY) + 1:]
+        pos += esize
+    return None
