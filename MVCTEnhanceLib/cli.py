@@ -35,7 +35,7 @@ class _StageBars:
                                           leave=True, dynamic_ncols=True)
         bar.update(done - bar.n)
         if done >= total:
-            bar.close()
+            self.bars.pop(stage).close()
 
     def close(self) -> None:
         for bar in self.bars.values():
@@ -90,12 +90,15 @@ def _add_enhance(sub: Any) -> None:
     p.add_argument("input", help="MVCT file or DICOM series folder")
     out = p.add_mutually_exclusive_group(required=True)
     out.add_argument("-o", "--output", help="enhanced volume (.nrrd, .nii, .nii.gz, .mha, .mhd)")
-    out.add_argument("--output-dir", help="write <name>_enhanced.nrrd, _dig.nrrd, _nselfssim.nrrd and "
-                                          "_report.json into this existing folder")
+    out.add_argument("--output-dir", help="write <name>_enhanced.nrrd, _dig.nrrd, _nselfssim.nrrd, "
+                                          "_report.json and _montage.png into this existing folder")
     p.add_argument("--model", help="model file (default: the shipped default model)")
     p.add_argument("--dig", help="write the DIG map (HU^2/mm^2) here")
     p.add_argument("--nselfssim", help="write the NSelfSSIM map of the enhanced volume here")
     p.add_argument("--report", help="write a JSON report (model card, sha256, timings, metric summaries) here")
+    p.add_argument("--montage", help="write a PNG montage (MVCT | enhanced | planning CT | DIG | NSelfSSIM) here")
+    p.add_argument("--planning-ct", help="planning CT of the same patient: its NSelfSSIM is reported as the "
+                                         "reference and its nearest slice is shown in the montage")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
     p.add_argument("--batch-size", type=_positive_int, default=8, help="slices per batch (default 8)")
     p.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"), default="auto",
@@ -113,7 +116,8 @@ def _add_enhance(sub: Any) -> None:
 def _cmd_enhance(args: argparse.Namespace) -> int:
     from .pipeline import enhance_file, output_paths_for_dir
 
-    outputs = {"output": args.output, "dig": args.dig, "nselfssim": args.nselfssim, "report": args.report}
+    outputs = {"output": args.output, "dig": args.dig, "nselfssim": args.nselfssim, "report": args.report,
+               "montage": args.montage}
     if args.output_dir:
         from pathlib import Path
 
@@ -124,7 +128,8 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
     bars = _StageBars()
     try:
         report = enhance_file(args.input, outputs["output"], model=args.model, dig=outputs["dig"],
-                              nselfssim=outputs["nselfssim"], report=outputs["report"], device=args.device,
+                              nselfssim=outputs["nselfssim"], report=outputs["report"], montage=outputs["montage"],
+                              planning_ct=args.planning_ct, device=args.device,
                               batch_size=args.batch_size, precision=args.precision, resample=not args.no_resample,
                               output_type=args.output_type, overwrite=args.overwrite, series_uid=args.series_uid,
                               noise_sd=args.noise_sd, window=args.window, seed=args.seed, progress=bars)
@@ -146,7 +151,8 @@ def _print_enhance_summary(report: dict[str, Any]) -> None:
     if m:
         nss = m.get("nselfssim", {})
         if "input" in nss and "output" in nss:
-            print(f"NSelfSSIM mean in body: input {nss['input']['mean']:.4f} -> enhanced {nss['output']['mean']:.4f}")
+            ref = f" (planning CT {nss['planning_ct']['mean']:.4f})" if "planning_ct" in nss else ""
+            print(f"NSelfSSIM mean in body: input {nss['input']['mean']:.4f} -> enhanced {nss['output']['mean']:.4f}{ref}")
         dig = m.get("dig", {}).get("output")
         if dig:
             print(f"DIG in body: mean {dig['mean']:.4g}, median {dig['median']:.4g}, p95 {dig['p95']:.4g} HU^2/mm^2")

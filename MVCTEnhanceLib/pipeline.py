@@ -36,17 +36,20 @@ def output_paths_for_dir(input_path: str | os.PathLike, output_dir: str | os.Pat
             break
     d = Path(output_dir)
     return {"output": d / f"{name}_enhanced.nrrd", "dig": d / f"{name}_dig.nrrd",
-            "nselfssim": d / f"{name}_nselfssim.nrrd", "report": d / f"{name}_report.json"}
+            "nselfssim": d / f"{name}_nselfssim.nrrd", "report": d / f"{name}_report.json",
+            "montage": d / f"{name}_montage.png"}
 
 
-def check_report_path(path: str | os.PathLike, overwrite: bool, inputs: list[str]) -> Path:
+def check_side_output_path(path: str | os.PathLike, overwrite: bool, inputs: list[str], suffix: str = ".json",
+                           what: str = "report") -> Path:
+    """Checks for a non-volume output (JSON report, PNG figure): like check_output_path."""
     p = Path(path)
-    if p.suffix.lower() != ".json":
-        raise OutputError(f"report '{p}' must be a .json file")
+    if p.suffix.lower() != suffix:
+        raise OutputError(f"{what} '{p}' must be a {suffix} file")
     if any(p.resolve() == Path(i).resolve() for i in inputs):
-        raise OutputError(f"report '{p}' is an input file; choose another path")
+        raise OutputError(f"{what} '{p}' is an input file; choose another path")
     if p.exists() and not overwrite:
-        raise OutputError(f"report '{p}' exists; use --overwrite to replace it")
+        raise OutputError(f"{what} '{p}' exists; use --overwrite to replace it")
     if not p.parent.exists():
         raise OutputError(f"output folder '{p.parent}' does not exist")
     return p
@@ -71,7 +74,12 @@ def _check_outputs(outputs: dict[str, str | os.PathLike | None], overwrite: bool
     for key, path in outputs.items():
         if path is None:
             continue
-        p = check_report_path(path, overwrite, inputs) if key == "report" else check_output_path(path, overwrite, inputs)
+        if key == "report":
+            p = check_side_output_path(path, overwrite, inputs)
+        elif key == "montage":
+            p = check_side_output_path(path, overwrite, inputs, ".png", "montage")
+        else:
+            p = check_output_path(path, overwrite, inputs)
         if p.resolve() in {c.resolve() for c in checked.values()}:
             raise OutputError(f"'{p}' is given for two outputs; give each output its own path")
         checked[key] = p
@@ -81,11 +89,14 @@ def _check_outputs(outputs: dict[str, str | os.PathLike | None], overwrite: bool
 def enhance_file(input_path: str | os.PathLike, output: str | os.PathLike | None, *,
                  model: str | os.PathLike | None = None, dig: str | os.PathLike | None = None,
                  nselfssim: str | os.PathLike | None = None, report: str | os.PathLike | None = None,
+                 montage: str | os.PathLike | None = None, planning_ct: str | os.PathLike | None = None,
                  device: str = "auto", batch_size: int = 8, precision: str = "auto", resample: bool = True,
                  output_type: str = "float32", overwrite: bool = False, series_uid: str | None = None,
                  noise_sd: float = 20.0, window: tuple[float, float] = (-160.0, 240.0), seed: int = 0,
                  progress: ProgressFn | None = None, should_cancel: Callable[[], bool] | None = None) -> dict[str, Any]:
-    """Convert one MVCT file; optionally write the DIG and NSelfSSIM maps and a JSON report.
+    """Convert one MVCT file; optionally write the DIG and NSelfSSIM maps, a JSON report and a PNG
+    montage (MVCT | enhanced | planning CT | maps). A planning CT adds its NSelfSSIM to the metrics
+    (the reference the enhanced image should approach) and its nearest slice to the montage.
 
     Returns the report dictionary (also written to ``report`` when given).
     """
@@ -95,13 +106,15 @@ def enhance_file(input_path: str | os.PathLike, output: str | os.PathLike | None
     t_start = time.perf_counter()
     if output is None:
         raise OutputError("no output path given")
-    inputs = [str(input_path)]
-    paths = _check_outputs({"output": output, "dig": dig, "nselfssim": nselfssim, "report": report}, overwrite, inputs)
+    inputs = [str(input_path)] + ([str(planning_ct)] if planning_ct else [])
+    paths = _check_outputs({"output": output, "dig": dig, "nselfssim": nselfssim, "report": report,
+                            "montage": montage}, overwrite, inputs)
     model_path = Path(model) if model else default_model_path()
     if output_type not in ("float32", "int16"):
         raise OutputError(f"output type '{output_type}' is not supported; use float32 or int16")
 
     volume = read_volume(input_path, series_uid=series_uid)
+    planning = read_volume(planning_ct) if planning_ct else None
     loaded = load_model(model_path)
     t_loaded = time.perf_counter()
 
@@ -113,10 +126,14 @@ def enhance_file(input_path: str | os.PathLike, output: str | os.PathLike | None
     t_enhanced = time.perf_counter()
     metrics: dict[str, Any] = {}
     assessment = None
-    if dig or nselfssim or report:
+    if dig or nselfssim or report or montage:
         assessment = assess(volume, result.volume, noise_sd=noise_sd, window=window, seed=seed, device=device,
                             progress=stage("metrics"), should_cancel=should_cancel)
         metrics = assessment.summaries
+        if planning is not None:
+            reference = assess(planning, noise_sd=noise_sd, window=window, seed=seed, device=device,
+                               progress=stage("planning"), should_cancel=should_cancel)
+            metrics["nselfssim"]["planning_ct"] = reference.summaries["nselfssim"]["input"]
     t_metrics = time.perf_counter()
 
     write_volume(result.volume, paths["output"], dtype=output_type, overwrite=overwrite, inputs=inputs)
@@ -124,11 +141,17 @@ def enhance_file(input_path: str | os.PathLike, output: str | os.PathLike | None
         write_volume(assessment.dig, paths["dig"], overwrite=overwrite, inputs=inputs)
     if assessment is not None and "nselfssim" in paths:
         write_volume(assessment.nselfssim_output, paths["nselfssim"], overwrite=overwrite, inputs=inputs)
+    if assessment is not None and "montage" in paths:
+        from .figures import montage_png
+
+        montage_png(paths["montage"], volume, result.volume, planning, assessment.dig, assessment.nselfssim_output,
+                    title=f"{Path(input_path).name} with {loaded.card.name} {loaded.card.version}; not for diagnosis")
     t_written = time.perf_counter()
 
     data = {
         "engine_version": __version__,
         "input": {"path": str(input_path), **geometry_dict(volume)},
+        "planning_ct": {"path": str(planning_ct), **geometry_dict(planning)} if planning is not None else None,
         "outputs": {k: str(v) for k, v in paths.items()},
         "output_type": output_type,
         "model": {"path": str(model_path), "sha256": loaded.sha256, "card": loaded.card.to_dict()},
