@@ -78,12 +78,22 @@ def _check_outputs(outputs: dict[str, str | os.PathLike | None], overwrite: bool
             p = check_side_output_path(path, overwrite, inputs)
         elif key == "montage":
             p = check_side_output_path(path, overwrite, inputs, ".png", "montage")
+            _require_matplotlib()
         else:
             p = check_output_path(path, overwrite, inputs)
         if p.resolve() in {c.resolve() for c in checked.values()}:
             raise OutputError(f"'{p}' is given for two outputs; give each output its own path")
         checked[key] = p
     return checked
+
+
+def _require_matplotlib() -> None:
+    # Checked with the output paths, before any work: Slicer's Python does not ship matplotlib.
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise OutputError("a PNG montage needs matplotlib, which is not installed here; "
+                          "install it (pip install matplotlib) or leave out --montage") from None
 
 
 def enhance_file(input_path: str | os.PathLike, output: str | os.PathLike | None, *,

@@ -78,6 +78,14 @@ def test_existing_outputs_are_refused_then_replaced_with_overwrite(tmp_path, cap
     assert read_volume(target).array.shape == (3, 48, 40)
 
 
+def test_input_as_option_for_slicer_batch_runs(tmp_path, capsys, mvct_file, tiny_model_path):
+    code, _, err = _run(capsys, "enhance", "--input", mvct_file, "-o", tmp_path / "e.nrrd", "--model", tiny_model_path)
+    assert code == 0, err
+    code, _, err = _run(capsys, "enhance", mvct_file, "--input", mvct_file, "-o", tmp_path / "f.nrrd")
+    _assert_user_error(code, err, "give the input once")
+    assert not (tmp_path / "f.nrrd").exists()
+
+
 def test_output_equal_to_input_is_refused_even_with_overwrite(capsys, mvct_file, tiny_model_path):
     before = mvct_file.read_bytes()
     code, _, err = _run(capsys, "enhance", mvct_file, "-o", mvct_file, "--model", tiny_model_path, "--overwrite")

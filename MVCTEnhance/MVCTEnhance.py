@@ -1,0 +1,662 @@
+"""MVCT Enhance: converts megavoltage CT (MVCT) to a kV-CT-like image in HU, with quality maps.
+
+Slicer scripted module (Slicer 5.10 or later: Python 3.12, parameterNodeWrapper). The conversion and
+the metrics are MVCTEnhanceLib's (the same code the ``mvct-enhance`` command line runs); everything
+that touches MRML is in MVCTEnhanceMRML (no Qt, tested on slicer-core). This file holds the GUI, the
+dependency installation and the self-test. torch is imported only when the user presses Enhance.
+"""
+
+import hashlib
+import json
+import logging
+import sys
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import vtk
+
+import slicer
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLTableNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+MODULE_DIR = Path(__file__).resolve().parent
+
+
+def _ensureImportPaths() -> None:
+    """Make MVCTEnhanceMRML (beside this file) and MVCTEnhanceLib importable.
+
+    Installed, both live in this module's folder. Run from a source checkout (additional module path
+    = <repo>/MVCTEnhance), the library is one folder up.
+    """
+    for folder in (MODULE_DIR, MODULE_DIR.parent):
+        if (folder / "MVCTEnhanceLib" / "__init__.py").exists() or (folder / "MVCTEnhanceMRML").is_dir():
+            if str(folder) not in sys.path:
+                sys.path.append(str(folder))
+
+
+_ensureImportPaths()
+
+#: torch versions the engine supports (installed through the PyTorch extension's PyTorchUtils).
+TORCH_REQUIREMENT = ">=2.1"
+
+DEFAULT_MODEL_FILE = "mvctenhance-default.pt"
+TINY_MODEL_FILE = "mvctenhance-tiny-test.pt"
+
+#: Bundled sample data (a synthetic MVCT and its planning CT). The checksums are checked by the
+#: SampleData module when loading and by Testing/test_slicer_static.py against the files, so they
+#: cannot go stale: when the sample files change, update these two constants.
+SAMPLE_DATA_NAME = "MVCTEnhanceSample"
+SAMPLE_MVCT_FILE = "sample_mvct.nrrd"
+SAMPLE_PLANNING_CT_FILE = "sample_planning_ct.nrrd"
+SAMPLE_MVCT_SHA256 = "9571bd8d13978d482ff45fa4732eedaab7ca88367f3bd1a7b987abf8e6266d32"
+SAMPLE_PLANNING_CT_SHA256 = "6ece49f4115bc78d195a90aa8514ce6ab985e6bbb5fde44f942d9919f09b8c6d"
+SAMPLE_NODE_NAMES = ("SampleMVCT", "SamplePlanningCT")
+
+
+def resourceFile(relative: str) -> Optional[Path]:
+    """A shipped resource: <module>/Resources/... when installed, <repo>/Resources/... in a checkout."""
+    for root in (MODULE_DIR / "Resources", MODULE_DIR.parent / "Resources"):
+        candidate = root / relative
+        if candidate.exists():
+            return candidate
+    return None
+
+
+class DependencyError(RuntimeError):
+    """A Python package the module needs is missing and could not be installed."""
+
+
+#
+# MVCTEnhance
+#
+
+
+class MVCTEnhance(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("MVCT Enhance")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Radiotherapy"),
+                                  translate("qSlicerAbstractCoreModule", "Filtering")]
+        self.parent.dependencies = []  # PyTorchUtils is used when present (EXTENSION_DEPENDS PyTorch)
+        self.parent.contributors = ["MVCTEnhance developers"]
+        self.parent.helpText = _("""
+Converts a noisy megavoltage CT (MVCT, e.g. from a helical tomotherapy unit) into a kV-CT-like image in
+Hounsfield units with a generator trained as an extended CycleGAN, slice by slice, keeping the input's
+geometry. It also computes two no-reference quality maps: DIG (difference of image gradients between
+the MVCT and the result: high where the conversion added, removed or moved structure) and NSelfSSIM
+(structural similarity of an image with a copy of itself with added noise: high where the image is
+already noisy, lower where it is clean, as a kV CT is).
+<br><br>
+Select the MVCT (and, optionally, the planning kV CT to compare with), keep the default model and press
+<b>Enhance</b>. The result is shown beside the planning CT with a quality map as a coloured overlay.
+<br><br>
+<b>Not for diagnosis</b> and not for dose calculation without a commissioning study.
+See the <a href="https://github.com/mvctenhance/MVCTEnhance/blob/main/docs/SLICER.md">user guide</a>.
+""")
+        self.parent.acknowledgementText = _("""
+The method follows S. Ozaki, S. Kaji, K. Nawa, T. Imae, A. Aoki, T. Nakamoto, T. Ohta, Y. Nozawa,
+H. Yamashita, A. Haga, K. Nakagawa: "Training of deep cross-modality conversion models with a small
+data set, and their application in megavoltage CT to kilovoltage CT conversion",
+Medical Physics 49(6), 2022, doi:10.1002/mp.15586 (preprint arXiv:2107.05238).
+This implementation is independent of the authors' code. PyTorch is provided through the PyTorch
+extension (PyTorchUtils).
+""")
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+#
+# Sample data
+#
+
+
+def _fileUri(path: Path) -> str:
+    return urllib.parse.urljoin("file:", urllib.request.pathname2url(str(path)))
+
+
+def sampleDataFiles() -> Optional[tuple[Path, Path]]:
+    mvct = resourceFile(f"sample/{SAMPLE_MVCT_FILE}")
+    planning = resourceFile(f"sample/{SAMPLE_PLANNING_CT_FILE}")
+    return (mvct, planning) if mvct is not None and planning is not None else None
+
+
+def registerSampleData() -> None:
+    """Register the bundled MVCT + planning CT pair (local files, checksummed) in Sample Data."""
+    import SampleData
+
+    files = sampleDataFiles()
+    if files is None:
+        logging.warning("MVCT Enhance: sample data files are missing from this installation; "
+                        "the sample is not registered")
+        return
+    iconPath = MODULE_DIR / "Resources" / "Icons" / "MVCTEnhance.png"
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category="MVCT Enhance",
+        sampleName=SAMPLE_DATA_NAME,
+        thumbnailFileName=str(iconPath),
+        uris=[_fileUri(files[0]), _fileUri(files[1])],
+        # Names in Slicer's download cache: prefixed so that they cannot collide with other samples.
+        fileNames=[f"MVCTEnhance-{SAMPLE_MVCT_FILE}", f"MVCTEnhance-{SAMPLE_PLANNING_CT_FILE}"],
+        nodeNames=list(SAMPLE_NODE_NAMES),
+        checksums=[f"SHA256:{SAMPLE_MVCT_SHA256}", f"SHA256:{SAMPLE_PLANNING_CT_SHA256}"],
+        loadFileType=["VolumeFile", "VolumeFile"],
+    )
+
+
+#
+# Parameter node
+#
+
+
+@parameterNodeWrapper
+class MVCTEnhanceParameterNode:
+    """Everything the Enhance button uses; saved with the scene.
+
+    inputVolume - the MVCT (HU). planningVolume - optional planning kV CT shown beside the result.
+    modelPath - model file (.pt, TorchScript with its model card). device - auto/cpu/cuda/mps.
+    batchSize - slices per batch. computeMetrics - DIG and NSelfSSIM maps and summaries.
+    noiseSD, nselfssimWindowLow/High - NSelfSSIM settings (HU). overlayMap, overlayOpacity - which map
+    is shown over the enhanced volume, and how opaque. enhancedVolume, digVolume, nselfssimVolume,
+    resultsTable - outputs of the last run.
+    """
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    planningVolume: vtkMRMLScalarVolumeNode
+    modelPath: Path
+    device: Annotated[str, Choice(["auto", "cpu", "cuda", "mps"])] = "auto"
+    batchSize: Annotated[int, WithinRange(1, 256)] = 8
+    computeMetrics: bool = True
+    noiseSD: Annotated[float, WithinRange(1.0, 200.0)] = 20.0
+    nselfssimWindowLow: Annotated[float, WithinRange(-1024.0, 3000.0)] = -160.0
+    nselfssimWindowHigh: Annotated[float, WithinRange(-1024.0, 3000.0)] = 240.0
+    overlayMap: Annotated[str, Choice(["nselfssim", "dig", "none"])] = "nselfssim"
+    overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
+    enhancedVolume: vtkMRMLScalarVolumeNode
+    digVolume: vtkMRMLScalarVolumeNode
+    nselfssimVolume: vtkMRMLScalarVolumeNode
+    resultsTable: vtkMRMLTableNode
+
+
+#
+# MVCTEnhanceWidget
+#
+
+
+class MVCTEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._running = False
+        self._cancelRequested = False
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/MVCTEnhance.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        self.logic = MVCTEnhanceLogic()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.enhanceButton.connect("clicked(bool)", self.onEnhanceButton)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+        self.ui.cancelButton.enabled = False
+        self.ui.progressBar.setValue(0)
+        self.ui.warningsLabel.setVisible(False)
+
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if firstVolumeNode and not (firstVolumeNode.IsA("vtkMRMLLabelMapVolumeNode")
+                                        or firstVolumeNode.IsA("vtkMRMLVectorVolumeNode")):
+                self._parameterNode.inputVolume = firstVolumeNode
+        if not self.logic.isUsableModelPath(self._parameterNode.modelPath):
+            default = self.logic.defaultModelPath()
+            if default is not None:
+                self._parameterNode.modelPath = default
+
+    def setParameterNode(self, inputParameterNode: Optional[MVCTEnhanceParameterNode]) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+            self._onParameterNodeModified()
+
+    def _onParameterNodeModified(self, caller=None, event=None) -> None:
+        p = self._parameterNode
+        if p is None:
+            return
+        ready = bool(p.inputVolume) and self.logic.isUsableModelPath(p.modelPath)
+        self.ui.enhanceButton.enabled = ready and not self._running
+        if not p.inputVolume:
+            self.ui.enhanceButton.toolTip = _("Select the input MVCT volume")
+        elif not self.logic.isUsableModelPath(p.modelPath):
+            self.ui.enhanceButton.toolTip = _("Select a model file (.pt)")
+        else:
+            self.ui.enhanceButton.toolTip = _("Convert the MVCT and compute the quality maps")
+        info, warning = self.logic.describeModel(p.modelPath)
+        self.ui.modelInfoLabel.text = info
+        self.ui.modelWarningLabel.text = warning
+        self.ui.modelWarningLabel.setVisible(bool(warning))
+        for widget in (self.ui.noiseSDSpinBox, self.ui.windowLowSpinBox, self.ui.windowHighSpinBox,
+                       self.ui.overlayMapComboBox):
+            widget.enabled = p.computeMetrics
+        # The last run's outputs (also after loading a saved scene): table and live overlay changes.
+        self.ui.resultsTableView.setMRMLTableNode(p.resultsTable)
+        self.logic.applyOverlay(p)
+
+    def _setRunning(self, running: bool) -> None:
+        self._running = running
+        self.ui.cancelButton.enabled = running
+        for widget in (self.ui.inputsCollapsibleButton, self.ui.advancedCollapsibleButton):
+            widget.enabled = not running
+        self._onParameterNodeModified()
+
+    def onCancelButton(self) -> None:
+        self._cancelRequested = True
+        self.ui.statusLabel.text = _("Cancelling after the current batch...")
+
+    def _onProgress(self, fraction: float, message: str) -> None:
+        self.ui.progressBar.setValue(int(round(100.0 * fraction)))
+        self.ui.statusLabel.text = message
+        slicer.app.processEvents()  # keeps the GUI alive and lets the Cancel button be pressed
+
+    def onEnhanceButton(self) -> None:
+        from MVCTEnhanceLib.errors import EnhanceCancelled, MVCTEnhanceError
+
+        p = self._parameterNode
+        self._cancelRequested = False
+        self.ui.warningsLabel.setVisible(False)
+        self.ui.progressBar.setValue(0)
+        self._setRunning(True)
+        try:
+            self.ui.statusLabel.text = _("Checking dependencies...")
+            slicer.app.processEvents()
+            self.logic.ensureDependencies(askConfirmation=True)
+            outputs = self.logic.process(p, progress=self._onProgress, shouldCancel=lambda: self._cancelRequested,
+                                         layoutHook=self.logic.fitViews)
+        except EnhanceCancelled:
+            self.ui.statusLabel.text = _("Cancelled: nothing was added to the scene.")
+            self.ui.progressBar.setValue(0)
+            return
+        except (MVCTEnhanceError, DependencyError) as exc:
+            self.ui.statusLabel.text = _("Failed: nothing was added to the scene.")
+            slicer.util.errorDisplay(str(exc), windowTitle=_("MVCT Enhance"))
+            return
+        except Exception as exc:  # a bug: show it with its traceback so it can be reported
+            import traceback
+
+            self.ui.statusLabel.text = _("Failed: nothing was added to the scene.")
+            slicer.util.errorDisplay(_("Unexpected error: {error}").format(error=exc), windowTitle=_("MVCT Enhance"),
+                                     detailedText=traceback.format_exc())
+            return
+        finally:
+            self._setRunning(False)
+        self.ui.resultsTableView.setMRMLTableNode(outputs.resultsTable)
+        self.ui.statusLabel.text = _("Done in {seconds:.1f} s on {device}.").format(
+            seconds=outputs.seconds, device=outputs.parameters["enhance"]["device"])
+        if outputs.warnings:
+            self.ui.warningsLabel.text = "\n".join("\u26a0 " + w for w in outputs.warnings)
+            self.ui.warningsLabel.setVisible(True)
+
+
+#
+# MVCTEnhanceLogic
+#
+
+
+class MVCTEnhanceLogic(ScriptedLoadableModuleLogic):
+    """GUI-free entry points: ``run`` is one blocking call usable from the Python console.
+
+    Example (Python console)::
+
+        logic = slicer.util.getModuleLogic("MVCTEnhance")
+        outputs = logic.run(getNode("SampleMVCT"), planningVolume=getNode("SamplePlanningCT"))
+        outputs.enhancedVolume, outputs.digVolume, outputs.nselfssimVolume, outputs.resultsTable
+    """
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+
+    def getParameterNode(self):
+        return MVCTEnhanceParameterNode(super().getParameterNode())
+
+    # -- models ------------------------------------------------------------------------------------
+
+    @staticmethod
+    def defaultModelPath() -> Optional[Path]:
+        """The shipped trained model, else the tiny untrained test model (flagged in the GUI)."""
+        return resourceFile(f"models/{DEFAULT_MODEL_FILE}") or resourceFile(f"models/{TINY_MODEL_FILE}")
+
+    @staticmethod
+    def isUsableModelPath(path: Any) -> bool:
+        return path is not None and str(path) not in ("", ".") and Path(path).is_file()
+
+    @staticmethod
+    def describeModel(path: Any) -> tuple[str, str]:
+        """(one-line description, warning or '') from the model card, without loading torch."""
+        if path is None or str(path) in ("", "."):
+            return _("No model selected."), ""
+        from MVCTEnhanceLib.errors import MVCTEnhanceError
+        from MVCTEnhanceLib.modelfile import read_card
+
+        try:
+            card = read_card(path)
+        except MVCTEnhanceError as exc:
+            return "", str(exc)
+        info = f"{card.name} {card.version} — {card.pixel_spacing_mm[0]:g} x {card.pixel_spacing_mm[1]:g} mm, " \
+               f"HU window {card.hu_window[0]:g}..{card.hu_window[1]:g}"
+        warning = ""
+        if "untrained" in json.dumps(card.training_data).lower():
+            warning = _("This is the tiny UNTRAINED test model: its output is not a kV-like image. "
+                        "Use it only to check the installation.")
+        return info, warning
+
+    # -- dependencies ------------------------------------------------------------------------------
+
+    def ensureDependencies(self, askConfirmation: bool = True) -> None:
+        """torch (through the PyTorch extension) and the packages of Resources/requirements.txt."""
+        self._ensureTorch(askConfirmation)
+        self._ensurePackages(askConfirmation)
+
+    @staticmethod
+    def _ensureTorch(askConfirmation: bool) -> None:
+        from packaging.specifiers import SpecifierSet
+        from packaging.version import Version
+
+        try:
+            import PyTorchUtils
+        except ImportError:
+            PyTorchUtils = None
+        if PyTorchUtils is not None:
+            torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+            if not torchLogic.torchInstalled():
+                if slicer.app.testingEnabled():
+                    raise DependencyError("PyTorch is not installed and installs are skipped in --testing mode; "
+                                          "install it first in a normal (non-testing) Slicer run")
+                torch = torchLogic.installTorch(askConfirmation=askConfirmation,
+                                                torchVersionRequirement=TORCH_REQUIREMENT)
+                if torch is None:
+                    raise DependencyError(_("PyTorch is required and was not installed. Press Enhance again to "
+                                            "install it, or install it from the PyTorch Utils module."))
+        try:
+            import torch
+        except ImportError:
+            raise DependencyError(_("PyTorch is not available. Install the 'PyTorch' extension from the Extensions "
+                                    "Manager, restart Slicer and press Enhance again.")) from None
+        version = Version(torch.__version__.split("+")[0])
+        if version not in SpecifierSet(TORCH_REQUIREMENT):
+            raise DependencyError(_("PyTorch {version} is too old: MVCT Enhance needs torch{requirement}. In the "
+                                    "PyTorch Utils module, uninstall PyTorch, restart Slicer and press Enhance "
+                                    "again.").format(version=torch.__version__, requirement=TORCH_REQUIREMENT))
+
+    @staticmethod
+    def _ensurePackages(askConfirmation: bool) -> None:
+        import importlib
+        import inspect
+
+        requirementsPath = resourceFile("requirements.txt")
+        if requirementsPath is None:
+            return
+        # Slicer >= 5.12 has pip_ensure (slicer.packaging, named slicer.pydeps in some builds).
+        for moduleName in ("slicer.packaging", "slicer.pydeps"):
+            try:
+                helpers = importlib.import_module(moduleName)
+            except ImportError:
+                continue
+            if hasattr(helpers, "pip_ensure") and hasattr(helpers, "load_requirements"):
+                accepted = inspect.signature(helpers.pip_ensure).parameters
+                options = {"requester": "MVCT Enhance", "prompt_install": askConfirmation, "prompt": askConfirmation}
+                try:
+                    helpers.pip_ensure(helpers.load_requirements(requirementsPath),
+                                       **{k: v for k, v in options.items() if k in accepted})
+                except Exception as exc:
+                    raise DependencyError(_("Installing the Python packages listed in {path} failed: {error}. Check "
+                                            "the network connection and the Python console for pip's output.").format(
+                                                path=requirementsPath, error=exc)) from None
+                return
+        # Slicer 5.10-5.11: check ourselves, install with slicer.util.pip_install.
+        from importlib.metadata import PackageNotFoundError, version
+
+        from packaging.requirements import Requirement
+
+        missing = []
+        for line in requirementsPath.read_text().splitlines():
+            line = line.strip()
+            if not line or line.startswith(("#", "-")):
+                continue
+            requirement = Requirement(line)
+            try:
+                ok = version(requirement.name) in requirement.specifier
+            except PackageNotFoundError:
+                ok = False
+            if not ok:
+                missing.append(str(requirement))
+        if not missing:
+            return
+        if slicer.app.testingEnabled():
+            raise DependencyError(f"missing Python packages {', '.join(missing)}; installs are skipped in --testing "
+                                  "mode: install them first in a normal Slicer run")
+        if askConfirmation and not slicer.util.confirmOkCancelDisplay(
+                _("MVCT Enhance needs these Python packages: {packages}. Install them now?").format(
+                    packages=", ".join(missing))):
+            raise DependencyError(_("Required Python packages were not installed: {packages}").format(
+                packages=", ".join(missing)))
+        try:
+            slicer.util.pip_install(missing)
+        except Exception as exc:
+            raise DependencyError(_("pip could not install {packages}: {error}. See the Python console for pip's "
+                                    "output.").format(packages=", ".join(missing), error=exc)) from None
+
+    # -- running -----------------------------------------------------------------------------------
+
+    def process(self, parameterNode: MVCTEnhanceParameterNode, progress: Optional[Callable[[float, str], None]] = None,
+                shouldCancel: Optional[Callable[[], bool]] = None,
+                layoutHook: Optional[Callable[[Any], None]] = None):
+        """Run with the parameter node's settings; store the outputs in it. Returns EnhanceOutputs."""
+        p = parameterNode
+        outputs = self.run(p.inputVolume, planningVolume=p.planningVolume, modelPath=p.modelPath, device=p.device,
+                           batchSize=p.batchSize, computeMetrics=p.computeMetrics, noiseSD=p.noiseSD,
+                           nselfssimWindow=(p.nselfssimWindowLow, p.nselfssimWindowHigh), overlayMap=p.overlayMap,
+                           overlayOpacity=p.overlayOpacity, progress=progress, shouldCancel=shouldCancel,
+                           layoutHook=layoutHook)
+        p.enhancedVolume = outputs.enhancedVolume
+        p.digVolume = outputs.digVolume
+        p.nselfssimVolume = outputs.nselfssimVolume
+        p.resultsTable = outputs.resultsTable
+        return outputs
+
+    def run(self, inputVolume, planningVolume=None, modelPath=None, device: str = "auto", batchSize: int = 8,
+            computeMetrics: bool = True, noiseSD: float = 20.0, nselfssimWindow=(-160.0, 240.0),
+            overlayMap: str = "nselfssim", overlayOpacity: float = 0.5, progress=None, shouldCancel=None,
+            layoutHook=None):
+        """One blocking call: convert ``inputVolume`` and return the new nodes (EnhanceOutputs).
+
+        ``modelPath`` defaults to the shipped model. Raises MVCTEnhanceError subclasses for bad input,
+        a bad model, or a cancel; nothing is added to the scene then.
+        """
+        import MVCTEnhanceMRML
+
+        if modelPath is None or str(modelPath) in ("", "."):
+            modelPath = self.defaultModelPath()
+        return MVCTEnhanceMRML.enhanceVolumeNode(
+            slicer.mrmlScene, inputVolume, modelPath, planningNode=planningVolume, device=device,
+            batchSize=batchSize, computeMetrics=computeMetrics, noiseSD=noiseSD, nselfssimWindow=nselfssimWindow,
+            overlayMap=overlayMap, overlayOpacity=overlayOpacity, progress=progress, shouldCancel=shouldCancel,
+            layoutHook=layoutHook)
+
+    @staticmethod
+    def applyOverlay(parameterNode: MVCTEnhanceParameterNode) -> None:
+        """Show the chosen map over the last enhanced volume at the chosen opacity (no-op before a run)."""
+        import MVCTEnhanceMRML
+
+        p = parameterNode
+        if not p.enhancedVolume:
+            return
+        mapNode = {"nselfssim": p.nselfssimVolume, "dig": p.digVolume}.get(p.overlayMap)
+        MVCTEnhanceMRML.setOverlayMap(slicer.mrmlScene, p.enhancedVolume.GetID(),
+                                      mapNode.GetID() if mapNode else None, p.overlayOpacity)
+
+    @staticmethod
+    def fitViews(enhancedVolume) -> None:
+        """Layout hook: align the comparison views to the volume's planes and fit them (needs a main window)."""
+        layoutManager = slicer.app.layoutManager()
+        if layoutManager is None:
+            return
+        for viewName in ("Red", "Yellow"):
+            sliceWidget = layoutManager.sliceWidget(viewName)
+            if sliceWidget is None:
+                continue
+            sliceWidget.mrmlSliceNode().RotateToVolumePlane(enhancedVolume)
+            sliceWidget.sliceLogic().FitSliceToAll()
+
+
+#
+# MVCTEnhanceTest
+#
+
+
+class MVCTEnhanceTest(ScriptedLoadableModuleTest):
+    """Loads the bundled sample, runs the tiny test generator and checks what a user would see."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_sampleDataChecksums()
+        self.setUp()
+        self.test_enhanceSample()
+        self.setUp()
+        self.test_cancelLeavesSceneUnchanged()
+        self.setUp()
+        self.test_badInput()
+
+    def _tinyModel(self) -> Path:
+        path = resourceFile(f"models/{TINY_MODEL_FILE}")
+        self.assertIsNotNone(path, "the tiny test model is not installed with the module")
+        return path
+
+    def _loadSample(self):
+        import SampleData
+
+        registerSampleData()
+        nodes = SampleData.downloadSamples(SAMPLE_DATA_NAME)
+        self.assertEqual(len(nodes), 2)
+        return nodes
+
+    def test_sampleDataChecksums(self):
+        files = sampleDataFiles()
+        self.assertIsNotNone(files, "sample data files are missing")
+        for path, expected in zip(files, (SAMPLE_MVCT_SHA256, SAMPLE_PLANNING_CT_SHA256)):
+            self.assertEqual(hashlib.sha256(path.read_bytes()).hexdigest(), expected, f"checksum of {path}")
+
+    def test_enhanceSample(self):
+        import numpy as np
+
+        import MVCTEnhanceMRML
+
+        self.delayDisplay("Loading the sample MVCT and planning CT")
+        mvct, planning = self._loadSample()
+        before = MVCTEnhanceMRML.nodeFingerprint(mvct)
+        logic = MVCTEnhanceLogic()
+        logic.ensureDependencies(askConfirmation=False)
+
+        self.delayDisplay("Enhancing with the tiny test generator")
+        fractions = []
+        outputs = logic.run(mvct, planningVolume=planning, modelPath=self._tinyModel(), device="cpu",
+                            progress=lambda f, m: fractions.append(f), layoutHook=logic.fitViews)
+
+        self.assertEqual(MVCTEnhanceMRML.nodeFingerprint(mvct)[:4], before[:4], "the input node was modified")
+        self.assertAlmostEqual(fractions[-1], 1.0)
+        for node in (outputs.enhancedVolume, outputs.digVolume, outputs.nselfssimVolume):
+            self.assertEqual(node.GetClassName(), "vtkMRMLScalarVolumeNode")
+            self.assertEqual(node.GetImageData().GetDimensions(), mvct.GetImageData().GetDimensions())
+            a, b = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
+            node.GetIJKToRASMatrix(a)
+            mvct.GetIJKToRASMatrix(b)
+            self.assertEqual([a.GetElement(r, c) for r in range(4) for c in range(4)],
+                             [b.GetElement(r, c) for r in range(4) for c in range(4)])
+            self.assertEqual(node.GetAttribute("MVCTEnhance.ModelName"), "mvctenhance-tiny-test")
+            self.assertEqual(len(node.GetAttribute("MVCTEnhance.ModelSHA256")), 64)
+            self.assertIsNotNone(node.GetDisplayNode())
+        self.assertEqual(outputs.resultsTable.GetClassName(), "vtkMRMLTableNode")
+        rows = MVCTEnhanceMRML.tableRows(outputs.resultsTable)
+        self.assertIn(("NSelfSSIM", "planning CT"), [r[:2] for r in rows])
+        nss = slicer.util.arrayFromVolume(outputs.nselfssimVolume)
+        self.assertTrue(np.isfinite(nss).all())
+        self.assertTrue(outputs.warnings and "untrained" in outputs.warnings[0])
+        layoutManager = slicer.app.layoutManager()
+        if layoutManager is not None:
+            red = layoutManager.sliceWidget("Red").mrmlSliceCompositeNode()
+            self.assertEqual(red.GetBackgroundVolumeID(), outputs.enhancedVolume.GetID())
+            self.assertEqual(red.GetForegroundVolumeID(), outputs.nselfssimVolume.GetID())
+            yellow = layoutManager.sliceWidget("Yellow").mrmlSliceCompositeNode()
+            self.assertEqual(yellow.GetBackgroundVolumeID(), planning.GetID())
+        self.delayDisplay("Test passed")
+
+    def test_cancelLeavesSceneUnchanged(self):
+        from MVCTEnhanceLib.errors import EnhanceCancelled
+
+        mvct, _planning = self._loadSample()
+        ids = sorted(slicer.mrmlScene.GetNthNode(i).GetID() for i in range(slicer.mrmlScene.GetNumberOfNodes()))
+        with self.assertRaises(EnhanceCancelled):
+            MVCTEnhanceLogic().run(mvct, modelPath=self._tinyModel(), device="cpu", shouldCancel=lambda: True)
+        after = sorted(slicer.mrmlScene.GetNthNode(i).GetID() for i in range(slicer.mrmlScene.GetNumberOfNodes()))
+        self.assertEqual(ids, after)
+
+    def test_badInput(self):
+        from MVCTEnhanceLib.errors import InputError, ModelError
+
+        mvct, _planning = self._loadSample()
+        logic = MVCTEnhanceLogic()
+        with self.assertRaises(InputError):
+            logic.run(None, modelPath=self._tinyModel())
+        label = slicer.modules.volumes.logic().CreateAndAddLabelVolume(mvct, "label")
+        with self.assertRaises(InputError):
+            logic.run(label, modelPath=self._tinyModel())
+        broken = Path(slicer.app.temporaryPath) / "MVCTEnhance-not-a-model.pt"
+        broken.write_bytes(b"not a model")
+        with self.assertRaises(ModelError):
+            logic.run(mvct, modelPath=broken)

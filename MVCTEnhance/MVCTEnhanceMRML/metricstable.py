@@ -1,0 +1,79 @@
+"""The results table: one row per (metric, image) with its summary inside the body mask."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import vtk
+
+COLUMNS = (("Metric", "string"), ("Image", "string"), ("Mean", "double"), ("Median", "double"),
+           ("P95", "double"), ("Voxels", "int"), ("Unit", "string"))
+DIG_UNIT = "HU^2/mm^2"
+
+
+def summaryRows(summaries: dict[str, Any], planningSummary: dict[str, Any] | None = None) -> list[tuple]:
+    """Rows (metric, image, mean, median, p95, n_voxels, unit) from engine summaries, in reading order."""
+    rows = []
+    nselfssim = summaries.get("nselfssim", {})
+    for key, label in (("input", "MVCT (input)"), ("output", "enhanced")):
+        if key in nselfssim:
+            rows.append(_row("NSelfSSIM", label, nselfssim[key], ""))
+    if planningSummary is not None:
+        rows.append(_row("NSelfSSIM", "planning CT", planningSummary, ""))
+    dig = summaries.get("dig", {})
+    if "output" in dig:
+        rows.append(_row("DIG", "enhanced vs MVCT", dig["output"], DIG_UNIT))
+    return rows
+
+
+def _row(metric: str, image: str, summary: dict[str, Any], unit: str) -> tuple:
+    def num(key: str) -> float:
+        value = summary.get(key)
+        return float("nan") if value is None else float(value)
+
+    return (metric, image, num("mean"), num("median"), num("p95"), int(summary.get("n_voxels", 0)), unit)
+
+
+def fillTableNode(tableNode: Any, rows: list[tuple], details: dict[str, Any]) -> None:
+    """Replace the table's contents with ``rows``; full summaries (per-slice means too) go in an attribute."""
+    table = vtk.vtkTable()
+    arrays = []
+    for name, kind in COLUMNS:
+        array = {"string": vtk.vtkStringArray, "double": vtk.vtkDoubleArray, "int": vtk.vtkIntArray}[kind]()
+        array.SetName(name)
+        array.SetNumberOfValues(len(rows))
+        arrays.append(array)
+        table.AddColumn(array)
+    for r, row in enumerate(rows):
+        for array, value in zip(arrays, row):
+            array.SetValue(r, value)
+    tableNode.SetAndObserveTable(table)
+    if hasattr(tableNode, "SetUseColumnTitleAsColumnHeader"):  # Slicer >= 5.10 name
+        tableNode.SetUseColumnTitleAsColumnHeader(True)
+        for name, _ in COLUMNS:
+            tableNode.SetColumnTitle(name, name)
+    else:
+        tableNode.SetUseColumnNameAsColumnHeader(True)
+    tableNode.SetLocked(True)  # results, not an input form
+    for name, _ in COLUMNS:
+        if name == "P95":
+            tableNode.SetColumnDescription(name, "95th percentile inside the body mask")
+        elif name in ("Mean", "Median"):
+            tableNode.SetColumnDescription(name, f"{name.lower()} inside the body mask")
+    tableNode.SetAttribute("MVCTEnhance.Summaries", json.dumps(details, default=_jsonDefault))
+
+
+def tableRows(tableNode: Any) -> list[tuple]:
+    """The rows back as Python tuples (used by tests and the self-test)."""
+    table = tableNode.GetTable()
+    rows = []
+    for r in range(table.GetNumberOfRows()):
+        rows.append(tuple(table.GetValue(r, c).ToString() if kind == "string"
+                          else (table.GetValue(r, c).ToDouble() if kind == "double" else table.GetValue(r, c).ToInt())
+                          for c, (_, kind) in enumerate(COLUMNS)))
+    return rows
+
+
+def _jsonDefault(o: Any) -> Any:
+    return o.tolist() if hasattr(o, "tolist") else str(o)
