@@ -41,6 +41,10 @@ from .volume import Volume, validate_voxels
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+#: Default slices per batch. CPU time per slice does not drop with larger batches (measured: ~0.38 s
+#: CPU per 256x256 slice at ngf 32 for batch 1 and 2 alike) while memory grows ~200 MB per 512x512
+#: slice in flight, so CPUs get small batches; GPUs gain throughput from large ones.
+DEFAULT_BATCH = {"cuda": 8, "mps": 4, "cpu": 2}
 #: Body voxels outside the model's window above this fraction trigger a domain warning.
 OUTSIDE_WINDOW_WARN_FRACTION = 0.05
 BODY_THRESHOLD_HU = -400.0
@@ -164,12 +168,13 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, oom_type) or "out of memory" in str(exc).lower()
 
 
-def enhance(volume: Volume, model: LoadedModel | str | os.PathLike, *, device: Any = "auto", batch_size: int = 8,
+def enhance(volume: Volume, model: LoadedModel | str | os.PathLike, *, device: Any = "auto", batch_size: int | None = None,
             precision: str = "auto", resample: bool = True, spacing_tolerance: float = 0.05,
             progress: ProgressFn | None = None, should_cancel: CancelFn | None = None) -> EnhanceResult:
     """Convert an MVCT volume (HU) to a kV-like volume (HU) with the same geometry.
 
-    ``model`` is a :class:`LoadedModel` or a model file path. ``progress(done, total)`` is called
+    ``model`` is a :class:`LoadedModel` or a model file path. ``batch_size`` None picks
+    :data:`DEFAULT_BATCH` for the device. ``progress(done, total)`` is called
     after each batch (and once with 0 at the start); ``should_cancel()`` is checked before each
     batch and a True makes the run raise :class:`EnhanceCancelled`. On CUDA out-of-memory the batch
     is halved, then the run falls back to the CPU; both are reported in ``warnings``.
@@ -178,7 +183,7 @@ def enhance(volume: Volume, model: LoadedModel | str | os.PathLike, *, device: A
 
     if not isinstance(volume, Volume):
         raise InputError(f"enhance() needs a Volume, got {type(volume).__name__}")
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+    if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1):
         raise InputError(f"batch size must be a positive integer, got {batch_size!r}")
     if not spacing_tolerance >= 0:
         raise InputError(f"spacing tolerance must be >= 0, got {spacing_tolerance!r}")
@@ -201,7 +206,7 @@ def enhance(volume: Volume, model: LoadedModel | str | os.PathLike, *, device: A
     module = loaded.module.to(dev)
     converter = _SliceConverter(module, card, dev, amp_dtype, net_hw)
     out = np.empty((n, h, w), dtype=np.float32)
-    bs = batch_size
+    bs = batch_size or DEFAULT_BATCH.get(dev.type, 2)
     if progress:
         progress(0, n)
     start = 0

@@ -100,7 +100,7 @@ def enhance_file(input_path: str | os.PathLike, output: str | os.PathLike | None
                  model: str | os.PathLike | None = None, dig: str | os.PathLike | None = None,
                  nselfssim: str | os.PathLike | None = None, report: str | os.PathLike | None = None,
                  montage: str | os.PathLike | None = None, planning_ct: str | os.PathLike | None = None,
-                 device: str = "auto", batch_size: int = 8, precision: str = "auto", resample: bool = True,
+                 device: str = "auto", batch_size: int | None = None, precision: str = "auto", resample: bool = True,
                  output_type: str = "float32", overwrite: bool = False, series_uid: str | None = None,
                  noise_sd: float = 20.0, window: tuple[float, float] = (-160.0, 240.0), seed: int = 0,
                  progress: ProgressFn | None = None, should_cancel: Callable[[], bool] | None = None) -> dict[str, Any]:
