@@ -1,0 +1,145 @@
+"""Run folder -> model file: the trained MV->kV generator (Dec_kV o Enc_MV) as the engine's
+TorchScript format, with a model card filled from the run (losses and weights, data summary, pixel
+spacing, HU window, phi, iterations, date, git commit)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+from .errors import InputError, OutputError
+from .modelcard import ModelCard
+from .modelfile import save_model
+from .networks import STRIDE, Decoder, Encoder, Generator
+from .train import CHECKPOINT_NAME, RUN_NAME, load_run_config, read_checkpoint
+
+DEFAULT_INTENDED_USE = (
+    "Research and positioning support: converts TomoTherapy-style MVCT slices (HU) into kV-CT-like "
+    "images with the extended CycleGAN of Ozaki, Kaji et al. (Med. Phys. 2022). Use on images like "
+    "the training data (modality, anatomy, pixel spacing); check the DIG map for changed anatomy.")
+
+
+class ExportedModel(NamedTuple):
+    path: Path
+    sha256: str
+    card: ModelCard
+
+
+def generator_from_run(run_dir: str | os.PathLike) -> tuple[Generator, dict[str, Any]]:
+    """The MV->kV generator of a run's latest checkpoint and that checkpoint's iteration/config."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise InputError(f"run folder '{run}' does not exist")
+    config = load_run_config(run)
+    ckpt = run / CHECKPOINT_NAME
+    if not ckpt.is_file():
+        raise InputError(f"run folder '{run}' has no {CHECKPOINT_NAME}; train (or resume) it first")
+    state = read_checkpoint(ckpt)
+    gen = Generator(Encoder(1, config.ngf, config.n_enc_res), Decoder(1, config.ngf, config.n_dec_res))
+    trans = state["translators"]
+    try:
+        gen.encoder.load_state_dict({k[len("enc_mv."):]: v for k, v in trans.items() if k.startswith("enc_mv.")})
+        gen.decoder.load_state_dict({k[len("dec_kv."):]: v for k, v in trans.items() if k.startswith("dec_kv.")})
+    except RuntimeError as exc:
+        raise InputError(f"checkpoint '{ckpt}' does not match its config.json ({str(exc).splitlines()[0]})") from None
+    return gen.eval(), {"iteration": int(state["iteration"]), "config": config}
+
+
+def _short_sources(summary: Any, keep: int = 3) -> Any:
+    """A dataset summary with a long file list shortened (the folders are in mv_sources/kv_sources)."""
+    if isinstance(summary, dict) and isinstance(summary.get("sources"), list) and len(summary["sources"]) > keep:
+        files = summary["sources"]
+        return {**summary, "sources": files[:keep] + [f"... {len(files) - keep} more ({len(files)} files)"]}
+    return summary
+
+
+def build_card(run_dir: str | os.PathLike, iteration: int, *, name: str = "mvctenhance-custom",
+               version: str = "1.0.0", intended_use: str = DEFAULT_INTENDED_USE,
+               extra: dict[str, Any] | None = None) -> ModelCard:
+    """The model card of a run, from its config.json and run.json."""
+    run = Path(run_dir)
+    config = load_run_config(run)
+    info_path = run / RUN_NAME
+    info: dict[str, Any] = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    weights = config.weights()
+    training = {
+        "preset": config.preset,
+        "iterations": iteration,
+        "iterations_planned": config.iterations,
+        "status": info.get("status", "unknown"),
+        "date_utc": info.get("updated_utc", "unknown"),
+        "started_utc": info.get("started_utc", "unknown"),
+        "elapsed_s": info.get("elapsed_s"),
+        "seconds_per_iteration": info.get("seconds_per_iteration"),
+        "device": info.get("device", "unknown"),
+        "world_size": info.get("world_size", 1),
+        "amp": info.get("amp", False),
+        "torch": info.get("torch", "unknown"),
+        "git_commit": info.get("git_commit", "unknown"),
+        "initialised_from": info.get("initialised_from"),
+        "air_threshold_hu": config.air_threshold_hu,
+        "optimizer": {"type": "Adam", "lr_g": config.lr_g, "lr_d": config.lr_d, "beta1": config.beta1,
+                      "beta2": config.beta2, "weight_decay": config.weight_decay,
+                      "lr_schedule": config.lr_schedule, "decay_start": config.decay_start,
+                      "batch_size": config.batch_size, "label_jitter_sd": config.label_jitter_sd,
+                      "pool_size": config.pool_size},
+        "config": config.to_dict(),
+    }
+    data = {k: _short_sources(v) for k, v in info.get("data", {}).items()}
+    data.setdefault("mv_sources", list(config.mv))
+    data.setdefault("kv_sources", list(config.kv))
+    data["crop_size"] = config.crop_size
+    data["augmentation"] = {"enabled": config.augment, "max_shift_px": config.max_shift_px,
+                            "max_rotation_deg": config.max_rotation_deg}
+    card_extra: dict[str, Any] = {"training": training,
+                                  "exported_utc": datetime.datetime.now(datetime.timezone.utc)
+                                  .strftime("%Y-%m-%dT%H:%M:%SZ")}
+    card_extra.update(extra or {})
+    architecture = {"type": "Dec_kV o Enc_MV", "ngf": config.ngf, "encoder_res_blocks": config.n_enc_res,
+                    "decoder_res_blocks": config.n_dec_res, "stride": STRIDE,
+                    "discriminator": {"type": "PatchGAN (LSGAN)", "ndf": config.ndf, "n_down": config.n_d_down}}
+    phi = str(info.get("perceptual_phi", "unknown")) if weights["perceptual"] > 0 else "none (perceptual loss off)"
+    return ModelCard(
+        name=name, version=version, hu_window=tuple(config.hu_window), pixel_spacing_mm=tuple(config.pixel_spacing_mm),
+        training_data=data, losses={k: float(v) for k, v in weights.items()}, intended_use=intended_use,
+        license="Apache-2.0", perceptual_phi=phi, architecture=architecture, extra=card_extra)
+
+
+def read_card_extra(path: str | os.PathLike) -> dict[str, Any]:
+    """Extra card fields from a JSON file holding one object (e.g. ``{"evaluation": {...}}``)."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"card extra file '{p}' does not exist")
+    try:
+        extra = json.loads(p.read_text())
+    except ValueError as exc:
+        raise InputError(f"card extra file '{p}' is not valid JSON ({exc})") from None
+    if not isinstance(extra, dict):
+        raise InputError(f"card extra file '{p}' must hold a JSON object")
+    reserved = sorted(set(extra) & (set(ModelCard.__dataclass_fields__) | {"schema", "schema_version", "training"}))
+    if reserved:
+        raise InputError(f"card extra file '{p}' may not set the card's own fields: {', '.join(reserved)}")
+    return extra
+
+
+def export_run(run_dir: str | os.PathLike, output: str | os.PathLike, *, overwrite: bool = False,
+               name: str = "mvctenhance-custom", version: str = "1.0.0",
+               intended_use: str = DEFAULT_INTENDED_USE, extra: dict[str, Any] | None = None) -> ExportedModel:
+    """Write the run's MV->kV generator and its card to ``output`` (TorchScript); returns path, sha256, card."""
+    out = Path(output)
+    if out.exists() and not overwrite:
+        raise OutputError(f"model file '{out}' exists; pass --overwrite to replace it")
+    if not out.parent.is_dir():
+        raise OutputError(f"folder '{out.parent}' does not exist; create it first")
+    gen, meta = generator_from_run(run_dir)
+    card = build_card(run_dir, meta["iteration"], name=name, version=version, intended_use=intended_use,
+                      extra=extra)
+    card.architecture["parameters"] = sum(p.numel() for p in gen.parameters())
+    with torch.no_grad():
+        sha = save_model(gen, card, out, overwrite=overwrite)
+    return ExportedModel(out, sha, card)
