@@ -87,7 +87,9 @@ def _add_enhance(sub: Any) -> None:
     p = sub.add_parser("enhance", help="convert an MVCT volume to a kV-like CT (HU)",
                        description="Convert an MVCT (NRRD, NIfTI, MetaImage, DICOM file or series folder) "
                                    "slice by slice to a kV-like CT in HU with the same geometry.")
-    p.add_argument("input", help="MVCT file or DICOM series folder")
+    p.add_argument("input", nargs="?", help="MVCT file or DICOM series folder")
+    # --input is the same argument as an option: Slicer's --python-script runs take options only.
+    p.add_argument("--input", dest="input_option", metavar="INPUT", help="the same as the positional INPUT")
     out = p.add_mutually_exclusive_group(required=True)
     out.add_argument("-o", "--output", help="enhanced volume (.nrrd, .nii, .nii.gz, .mha, .mhd)")
     out.add_argument("--output-dir", help="write <name>_enhanced.nrrd, _dig.nrrd, _nselfssim.nrrd, "
@@ -100,7 +102,8 @@ def _add_enhance(sub: Any) -> None:
     p.add_argument("--planning-ct", help="planning CT of the same patient: its NSelfSSIM is reported as the "
                                          "reference and its nearest slice is shown in the montage")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
-    p.add_argument("--batch-size", type=_positive_int, default=8, help="slices per batch (default 8)")
+    p.add_argument("--batch-size", type=_positive_int, default=None,
+                   help="slices per batch (default: 8 on CUDA, 4 on MPS, 2 on CPU where larger batches only cost memory)")
     p.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"), default="auto",
                    help="GPU autocast precision (default auto: fp16 on CUDA, fp32 elsewhere)")
     p.add_argument("--no-resample", action="store_true",
@@ -116,6 +119,9 @@ def _add_enhance(sub: Any) -> None:
 def _cmd_enhance(args: argparse.Namespace) -> int:
     from .pipeline import enhance_file, output_paths_for_dir
 
+    if (args.input is None) == (args.input_option is None):
+        raise MVCTEnhanceError("give the input once: as INPUT or as --input INPUT")
+    args.input = args.input or args.input_option
     outputs = {"output": args.output, "dig": args.dig, "nselfssim": args.nselfssim, "report": args.report,
                "montage": args.montage}
     if args.output_dir:
@@ -222,11 +228,374 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- train / export --------------------------------------------------------------------------------
+
+def _pair(text: str) -> tuple[float, float]:
+    try:
+        a, b = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two numbers A,B (e.g. 1.0,1.0), got '{text}'") from None
+    return a, b
+
+
+def _add_train(sub: Any) -> None:
+    from .train import LR_SCHEDULES, PRESETS
+
+    p = sub.add_parser("train", help="train the extended CycleGAN on unpaired MVCT and kV-CT volumes",
+                       description="Train (or --resume) a run: Enc/Dec per domain with a shared latent, PatchGAN "
+                                   "discriminators, the paper's losses. Multi-GPU/multi-node: launch with "
+                                   "'torchrun --nproc_per_node N -m MVCTEnhanceLib.cli train ...'. Options left out "
+                                   "take the preset's/the defaults (see docs/training.md).")
+    d = p.add_argument_group("data")
+    d.add_argument("--mv", nargs="+", metavar="PATH", help="MVCT volumes: files, folders, DICOM series folders")
+    d.add_argument("--kv", nargs="+", metavar="PATH", help="kV-CT volumes (other patients are fine: unpaired)")
+    d.add_argument("--data", metavar="DATASET", help="a make-dataset folder (uses its train_mv/ and train_kv/)")
+    d.add_argument("--hu-window", type=_window, metavar="LOW,HIGH", help="HU mapped to [-1, 1] (default -1000,2000)")
+    d.add_argument("--pixel-spacing", type=_pair, dest="pixel_spacing_mm", metavar="ROW,COL",
+                   help="in-plane spacing (mm) slices are resampled to (default 1,1)")
+    d.add_argument("--crop-size", type=_positive_int, help="training crop side in pixels, multiple of 4 (default 256)")
+    d.add_argument("--no-augment", dest="augment", action="store_const", const=False, help="no random crops/shifts")
+    d.add_argument("--max-shift-px", type=int, help="random shift (default 4)")
+    d.add_argument("--max-rotation-deg", type=float, help="random rotation (default 0)")
+    d.add_argument("--min-body-fraction", type=float, help="skip slices with less body (default 0.05)")
+    d.add_argument("--max-slices", type=_positive_int, help="use at most N slices per domain")
+    o = p.add_argument_group("losses")
+    o.add_argument("--preset", choices=sorted(PRESETS), help="proposed (default) or cyclegan (extra losses off)")
+    for name in ("adversarial", "cycle", "identity", "perceptual", "autoencoder", "air"):
+        o.add_argument(f"--w-{name}", type=float, metavar="W", help=f"weight of the {name} loss (0: off)")
+    o.add_argument("--air-threshold-hu", type=float, help="air threshold C of the air loss (default -600)")
+    o.add_argument("--vgg-weights", metavar="FILE", help="torchvision VGG16 state dict for the perceptual phi "
+                                                         "(default: the built-in fixed filter bank)")
+    o.add_argument("--init-from", metavar="RUN_DIR", help="start from another run's network weights (fine-tuning)")
+    n = p.add_argument_group("networks and optimisation")
+    for name, kind, text in (("ngf", _positive_int, "generator base channels (default 32)"),
+                             ("n-enc-res", int, "encoder residual blocks (default 5)"),
+                             ("n-dec-res", int, "decoder residual blocks (default 4)"),
+                             ("ndf", _positive_int, "discriminator base channels (default 64)"),
+                             ("n-d-down", _positive_int, "discriminator downsamplings (default 3)"),
+                             ("iterations", _positive_int, "total iterations (default 10000)"),
+                             ("batch-size", _positive_int, "slices per domain per iteration and process (default 1)"),
+                             ("lr-g", _positive_float, "generator learning rate (default 2e-4)"),
+                             ("lr-d", _positive_float, "discriminator learning rate (default 1e-4)"),
+                             ("beta1", float, "Adam beta1 (default 0.5; the authors' code: 0.1)"),
+                             ("beta2", float, "Adam beta2 (default 0.999)"),
+                             ("weight-decay", float, "Adam weight decay (default 1e-7)"),
+                             ("decay-start", float, "fraction of the run after which linear decay starts (0.5)"),
+                             ("label-jitter-sd", float, "SD of LSGAN label jitter (default 0)"),
+                             ("pool-size", int, "image pool size (default 50)"),
+                             ("seed", int, "seed of weights, data order and augmentation (default 0)")):
+        n.add_argument(f"--{name}", type=kind, help=text)
+    n.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="default linear")
+    r = p.add_argument_group("run")
+    r.add_argument("-o", "--output", required=True, metavar="RUN_DIR", help="run folder (new, or the run to resume)")
+    r.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its last checkpoint")
+    r.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
+    r.add_argument("--no-amp", dest="amp", action="store_const", const=False, help="no mixed precision on CUDA")
+    r.add_argument("--num-workers", type=int, help="data loader workers (default 0)")
+    r.add_argument("--log-every", type=_positive_int, help="iterations per losses.csv row (default 10)")
+    r.add_argument("--checkpoint-every", type=_positive_int, help="iterations between checkpoints (default 500)")
+    r.add_argument("--sample-every", type=int, help="iterations between sample PNGs, 0: none (default 500)")
+    r.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no progress bar")
+    r.add_argument("--stop-after", type=_positive_int, metavar="N",
+                   help="stop after iteration N of the planned --iterations (checkpoint; resumable)")
+    p.set_defaults(func=_cmd_train)
+
+
+_TRAIN_OPTIONS = ("mv", "kv", "hu_window", "pixel_spacing_mm", "crop_size", "augment", "max_shift_px",
+                  "max_rotation_deg", "min_body_fraction", "max_slices", "preset", "w_adversarial", "w_cycle",
+                  "w_identity", "w_perceptual", "w_autoencoder", "w_air", "air_threshold_hu", "vgg_weights", "ngf",
+                  "n_enc_res", "n_dec_res", "ndf", "n_d_down", "iterations", "batch_size", "lr_g", "lr_d", "beta1",
+                  "beta2", "weight_decay", "lr_schedule", "decay_start", "label_jitter_sd", "pool_size", "seed",
+                  "device", "amp", "num_workers", "log_every", "checkpoint_every", "sample_every", "progress",
+                  "init_from", "stop_after")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train import TrainingInterrupted, make_config, train
+
+    config = make_config(args.output, resume=args.resume, data=args.data,
+                         **{k: getattr(args, k) for k in _TRAIN_OPTIONS})
+    import os
+
+    main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 reports
+    try:
+        run = train(config)
+    except TrainingInterrupted as exc:
+        if main_process:
+            print(f"{PROG}: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if main_process:
+        print(f"run       {run} ({config.iterations} iterations)")
+        print(f"export    {PROG} export {run} -o model.pt")
+    return EXIT_OK
+
+
+def _add_export(sub: Any) -> None:
+    p = sub.add_parser("export", help="write a training run's MV->kV generator as a model file with its card")
+    p.add_argument("run", metavar="RUN_DIR", help="training run folder")
+    p.add_argument("-o", "--output", required=True, help="model file to write (.pt)")
+    p.add_argument("--name", default="mvctenhance-custom", help="model name in the card")
+    p.add_argument("--model-version", default="1.0.0", help="model version in the card (default 1.0.0)")
+    p.add_argument("--card-extra", metavar="JSON_FILE", help="a JSON object whose fields are added to the card "
+                                                              "(e.g. {\"evaluation\": {...}})")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing model file")
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_run, read_card_extra
+
+    extra = read_card_extra(args.card_extra) if args.card_extra else None
+    exported = export_run(args.run, args.output, overwrite=args.overwrite, name=args.name,
+                          version=args.model_version, extra=extra)
+    training = exported.card.extra.get("training", {})
+    print(f"model     {exported.path} (sha256 {exported.sha256[:12]})")
+    print(f"card      {exported.card.name} {exported.card.version}, {training.get('iterations')} iterations, "
+          f"HU window {exported.card.hu_window[0]:g},{exported.card.hu_window[1]:g}")
+    return EXIT_OK
+
+
+# -- simulate / make-dataset (synthetic data) ------------------------------------------------------
+
+def _add_simulate(sub: Any) -> None:
+    p = sub.add_parser("simulate", help="simulate the MVCT a TomoTherapy-like machine would give of a kV CT",
+                       description="Physics simulation, slice by slice: kV HU -> 1 MeV attenuation (ICRU anchors), "
+                                   "projection, Poisson noise calibrated on a 200 mm water cylinder, detector blur, "
+                                   "filtered back-projection. Same geometry as the input.")
+    p.add_argument("input", metavar="KV_INPUT", help="kV CT in HU: file or DICOM series folder")
+    p.add_argument("-o", "--output", required=True, metavar="MV_OUTPUT", help="simulated MVCT (.nrrd, .nii.gz, .mha...)")
+    p.add_argument("--noise-sd", type=float, default=30.0, metavar="HU",
+                   help="noise SD at the centre of a 200 mm water cylinder (default 30; 0: noise-free)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    p.add_argument("--slice-thickness", type=_positive_float, metavar="MM",
+                   help="blur along the axial axis to this slice thickness (FWHM, mm; default none)")
+    p.add_argument("--output-type", choices=("float32", "int16"), default="float32",
+                   help="voxel type of the output (int16: rounded, clipped)")
+    p.add_argument("--series-uid", help="DICOM series to read when the input folder holds several")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.set_defaults(func=_cmd_simulate)
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from .simulate import simulate_file
+
+    bars = _StageBars()
+    try:
+        info = simulate_file(args.input, args.output, noise_sd=args.noise_sd, seed=args.seed,
+                             slice_thickness_mm=args.slice_thickness, output_type=args.output_type,
+                             overwrite=args.overwrite, series_uid=args.series_uid,
+                             progress=lambda done, total: bars("simulate", done, total))
+    finally:
+        bars.close()
+    print(f"output    {info['output']}  {'x'.join(map(str, info['shape']))}")
+    print(f"time      {info['seconds']:.2f} s ({info['seconds_per_slice']:.2f} s/slice), "
+          f"noise SD {args.noise_sd:g} HU, seed {args.seed}")
+    return EXIT_OK
+
+
+def _add_make_dataset(sub: Any) -> None:
+    p = sub.add_parser("make-dataset", help="write the synthetic unpaired training sets and paired test set",
+                       description="Reproducibly write OUTDIR/train_kv, OUTDIR/train_mv (disjoint synthetic anatomy), "
+                                   "OUTDIR/test (simulated MVCT + kV ground truth, incl. the real CT slices "
+                                   "shipped with pydicom/pydicom-data) and OUTDIR/manifest.json. "
+                                   "With --sample: write only the sample MVCT/planning-CT pair into OUTDIR.")
+    p.add_argument("outdir", metavar="OUTDIR", help="new (or empty) folder; --sample: an existing folder")
+    p.add_argument("--seed", type=int, default=None, help="dataset seed (default 0); --sample: patient seed (default 7)")
+    p.add_argument("--n-train-kv", type=int, default=300, metavar="N", help="kV training slices (default 300)")
+    p.add_argument("--n-train-mv", type=int, default=300, metavar="N", help="MV training slices (default 300)")
+    p.add_argument("--n-test", type=int, default=24, metavar="N",
+                   help="phantom test cases (default 24), plus the real-CT-derived ones")
+    p.add_argument("--real-augmentations", type=int, default=3, metavar="N",
+                   help="augmented variants per real CT slice in the test set (default 3; -1: no real slices)")
+    p.add_argument("--size", type=_positive_int, default=256, help="slice size in pixels (default 256)")
+    p.add_argument("--spacing", type=_positive_float, default=1.0, metavar="MM", help="pixel spacing (default 1.0)")
+    p.add_argument("--noise-sd", type=float, default=30.0, metavar="HU", help="MVCT noise SD (default 30)")
+    p.add_argument("--sample", action="store_true",
+                   help="write sample_planning_ct.nrrd and sample_mvct.nrrd (as shipped in Resources/sample)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset or sample")
+    p.set_defaults(func=_cmd_make_dataset)
+
+
+def _cmd_make_dataset(args: argparse.Namespace) -> int:
+    from .datasets import make_dataset, write_sample
+
+    if args.sample:
+        seed = 7 if args.seed is None else args.seed  # 7: the shipped sample's patient
+        paths = write_sample(args.outdir, seed=seed, overwrite=args.overwrite, noise_sd=args.noise_sd)
+        for key, path in paths.items():
+            print(f"{key:<12} {path}")
+        return EXIT_OK
+    bars = _StageBars()
+    try:
+        manifest = make_dataset(args.outdir, seed=0 if args.seed is None else args.seed,
+                                n_train_kv=args.n_train_kv, n_train_mv=args.n_train_mv, n_test=args.n_test,
+                                size=args.size, spacing_mm=args.spacing, noise_sd=args.noise_sd,
+                                real_augmentations=args.real_augmentations, overwrite=args.overwrite,
+                                progress=lambda done, total: bars("dataset", done, total))
+    finally:
+        bars.close()
+    c = manifest["counts"]
+    print(f"dataset   {args.outdir}: {c['train_kv']} kV + {c['train_mv']} MV training slices, "
+          f"{c['test']} paired test cases, {manifest['seconds']:.0f} s")
+    print(f"manifest  {args.outdir}/manifest.json")
+    return EXIT_OK
+
+
+# -- evaluate / study-datasize ---------------------------------------------------------------------
+
+def _command_line(args: argparse.Namespace, positional: Sequence[str] = (), skip: Sequence[str] = ()) -> str:
+    """The command as a user would retype it (for the report), rebuilt from the parsed options."""
+    import shlex
+
+    words = [PROG, args.command, *(shlex.quote(str(getattr(args, p))) for p in positional)]
+    for key, value in vars(args).items():
+        if key in ("command", "func", "debug", *positional, *skip) or value is None or value is False or \
+                (isinstance(value, (list, tuple)) and not value):
+            continue
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            words.append(flag)
+        elif isinstance(value, (list, tuple)) and key != "window":
+            words += [flag, *(shlex.quote(str(v)) for v in value)] if key != "sizes" else \
+                [flag, ",".join(str(v) for v in value)]
+        elif key == "window":
+            words.append(f"{flag}={value[0]:g},{value[1]:g}")
+        else:
+            words += [flag, shlex.quote(str(value))]
+    return " ".join(words)
+
+
+def _dig_pair(text: str) -> tuple[str, str]:
+    a, sep, b = text.partition(":")
+    if not sep or not a or not b:
+        raise argparse.ArgumentTypeError(f"a DIG pair is COMPARATOR:METHOD (e.g. cyclegan:proposed), got '{text}'")
+    return a, b
+
+
+def _add_evaluate(sub: Any) -> None:
+    p = sub.add_parser("evaluate", help="compare methods on a test set: CSV, Markdown report, figures",
+                       description="Run every method on every case of a test set and write per_case.csv, "
+                                   "summary.csv, report.md (NSelfSSIM/DIG tables, Friedman and Shirley-Williams "
+                                   "tests, bootstrap CIs), box plots, a comparison montage and DIG/NSelfSSIM maps. "
+                                   "Test set: a folder of <case>_mvct.nrrd (or <case>_mv.nrrd) files, each with an "
+                                   "optional <case>_kv.nrrd (kV ground truth on the same grid, or a planning CT), "
+                                   "or a make-dataset folder.")
+    p.add_argument("--test-set", required=True, metavar="DIR", help="test-set folder (or make-dataset OUTDIR)")
+    p.add_argument("--methods", nargs="+", required=True, metavar="METHOD",
+                   help="in the protocol's order: mvct, nlm, tv, bm3d (optional package), NAME=MODEL_FILE ..., kv")
+    p.add_argument("-o", "--output", required=True, metavar="REPORT_DIR", help="report folder (created if missing)")
+    p.add_argument("--validation", metavar="DIR",
+                   help="folder (same convention) with the case the denoisers are tuned on; default: the "
+                        "make-dataset folder's validation/, else a case simulated from an unused phantom seed")
+    p.add_argument("--dig-pairs", nargs="+", type=_dig_pair, metavar="COMPARATOR:METHOD",
+                   help="DIG comparisons, e.g. cyclegan:proposed (default: each proposed* model against the "
+                        "cyclegan* model of the same suffix, else the first two models)")
+    p.add_argument("--figure-case", help="case shown in the montage and maps (default: the first)")
+    p.add_argument("--figure-slice", type=int, help="slice shown (default: the one with the most body)")
+    p.add_argument("--title", default="MVCTEnhance evaluation", help="report title")
+    p.add_argument("--notes", action="append", default=[], metavar="FILE",
+                   help="Markdown file appended to the report as its discussion (repeatable)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--overwrite", action="store_true", help="replace report files that exist")
+    _add_metric_options(p)
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .errors import InputError
+    from .evaluate import evaluate
+
+    notes = []
+    for f in args.notes:
+        if not Path(f).is_file():
+            raise InputError(f"notes file '{f}' does not exist")
+        notes.append(Path(f).read_text(encoding="utf-8"))
+    record = evaluate(args.test_set, args.methods, args.output, validation=args.validation,
+                      noise_sd=args.noise_sd, window=args.window, seed=args.seed, device=args.device,
+                      figure_case=args.figure_case, figure_slice=args.figure_slice, title=args.title, notes=notes,
+                      command=_command_line(args, skip=('overwrite', 'dig_pairs')) +
+                      (" --dig-pairs " + " ".join(f"{a}:{b}" for a, b in args.dig_pairs) if args.dig_pairs else ""),
+                      overwrite=args.overwrite,
+                      dig_pairs=args.dig_pairs,
+                      progress=lambda msg: print(msg, file=sys.stderr))
+    print(f"cases     {len(record['cases'])}, methods {', '.join(m['name'] for m in record['methods'])}")
+    for s in record["summary"]:
+        if s["metric"] in ("nselfssim", "dig", "mae"):
+            print(f"{s['method']:<12} {s['metric']:<10} {s['mean']:.4g} +- {s['sd']:.3g}")
+    for key, path in record["files"].items():
+        print(f"{key:<9} {path}")
+    return EXIT_OK
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"sizes must be comma-separated integers, got '{text}'") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"sizes must be positive integers, got '{text}'")
+    return values
+
+
+def _add_study_datasize(sub: Any) -> None:
+    p = sub.add_parser("study-datasize", help="train proposed and CycleGAN on 25..400 MV slices; DIG/MAE vs size",
+                       description="Train the proposed model and a plain CycleGAN on nested subsets of the MV "
+                                   "training slices (kV set fixed), identical reduced settings, evaluate DIG, MAE "
+                                   "and NSelfSSIM on the test set and plot them against the training-set size. "
+                                   "Re-running the same command resumes: finished runs are reused.")
+    p.add_argument("data", metavar="DATA_DIR", help="make-dataset folder (train_mv/, train_kv/, test/)")
+    p.add_argument("-o", "--output", required=True, metavar="STUDY_DIR", help="study folder (created if missing)")
+    p.add_argument("--sizes", type=_sizes, default=[25, 50, 100, 200, 400],
+                   help="MV slice counts (default 25,50,100,200,400)")
+    p.add_argument("--presets", nargs="+", default=["proposed", "cyclegan"], help="training presets (default both)")
+    p.add_argument("--iterations", type=_positive_int, default=400, help="iterations per run (default 400)")
+    p.add_argument("--crop-size", type=_positive_int, default=64, help="training crop in pixels (default 64)")
+    p.add_argument("--ngf", type=_positive_int, default=8, help="generator base width (default 8)")
+    p.add_argument("--ndf", type=_positive_int, default=16, help="discriminator base width (default 16)")
+    p.add_argument("--base-config", metavar="RUN_DIR_OR_JSON",
+                   help="start from this training configuration (e.g. the default model's run); the options "
+                        "above and the preset override it")
+    p.add_argument("--mv", nargs="+", help="MV training data (default DATA_DIR/train_mv)")
+    p.add_argument("--kv", nargs="+", help="kV training data (default DATA_DIR/train_kv)")
+    p.add_argument("--test-set", metavar="DIR", help="test set (default DATA_DIR/test)")
+    p.add_argument("--train-seed", type=int, default=0, help="training seed (default 0)")
+    p.add_argument("--no-train", action="store_true",
+                   help="train nothing: report the runs that have finished and list the others as skipped")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    _add_metric_options(p)
+    p.set_defaults(func=_cmd_study_datasize)
+
+
+def _cmd_study_datasize(args: argparse.Namespace) -> int:
+    from .evaluate import study_datasize
+
+    record = study_datasize(args.data, args.output, sizes=args.sizes, presets=args.presets,
+                            iterations=args.iterations, crop_size=args.crop_size, ngf=args.ngf, ndf=args.ndf,
+                            base_config=args.base_config, mv=args.mv, kv=args.kv, test_set=args.test_set,
+                            seed=args.train_seed, device=args.device, noise_sd=args.noise_sd, window=args.window,
+                            train_missing=not args.no_train,
+                            command=_command_line(args, positional=('data',), skip=('no_train',)),
+                            progress=lambda msg: print(msg, file=sys.stderr))
+    for s in record["summary"]:
+        print(f"{s['preset']:<9} n={s['n_slices']:<4} DIG {s['dig_mean']:.4g}  MAE {s['mae_mean']:.2f} HU  "
+              f"NSelfSSIM {s['nselfssim_mean']:.4f}")
+    print(f"report    {args.output}/datasize.md")
+    return EXIT_OK
+
+
 # Each entry adds one subcommand; new commands add a line here (and their _add_/_cmd_ functions above).
 COMMANDS: list[Callable[[Any], None]] = [
     _add_enhance,
     _add_metrics,
     _add_info,
+    _add_train,
+    _add_export,
+    _add_simulate,
+    _add_make_dataset,
+    _add_evaluate,
+    _add_study_datasize,
 ]
 
 
