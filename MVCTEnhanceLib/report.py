@@ -213,7 +213,7 @@ def _metric_table(summary, st, methods, metric: str, talk: dict | None = None) -
         line = (f"| {m.name}{' ' + mark if mark else ''} | {_fmt(s['mean'], metric)} ± {_fmt(s['sd'], metric)} | "
                 f"{ci} | {_fmt(s['median'], metric)} | {s['n']} |")
         if talk is not None:
-            t = talk.get(m.name)
+            t = talk.get(m.name) or next((v for k, v in talk.items() if m.kind == "model" and m.name.startswith(k)), None)
             line += f" {t[0]:.4f} ± {t[1]:.4f} |" if t else " |"
         lines.append(line)
     return lines
