@@ -164,7 +164,7 @@ class MVCTEnhanceParameterNode:
 
     inputVolume - the MVCT (HU). planningVolume - optional planning kV CT shown beside the result.
     modelPath - model file (.pt, TorchScript with its model card). device - auto/cpu/cuda/mps.
-    batchSize - slices per batch. computeMetrics - DIG and NSelfSSIM maps and summaries.
+    batchSize - slices per batch (0: auto, 8 on CUDA, 2 on CPU). computeMetrics - DIG and NSelfSSIM maps and summaries.
     noiseSD, nselfssimWindowLow/High - NSelfSSIM settings (HU). overlayMap, overlayOpacity - which map
     is shown over the enhanced volume, and how opaque. enhancedVolume, digVolume, nselfssimVolume,
     resultsTable - outputs of the last run.
@@ -174,7 +174,7 @@ class MVCTEnhanceParameterNode:
     planningVolume: vtkMRMLScalarVolumeNode
     modelPath: Path
     device: Annotated[str, Choice(["auto", "cpu", "cuda", "mps"])] = "auto"
-    batchSize: Annotated[int, WithinRange(1, 256)] = 8
+    batchSize: Annotated[int, WithinRange(0, 256)] = 0  # 0: the engine's choice for the device
     computeMetrics: bool = True
     noiseSD: Annotated[float, WithinRange(1.0, 200.0)] = 20.0
     nselfssimWindowLow: Annotated[float, WithinRange(-1024.0, 3000.0)] = -160.0
@@ -507,7 +507,7 @@ class MVCTEnhanceLogic(ScriptedLoadableModuleLogic):
         p.resultsTable = outputs.resultsTable
         return outputs
 
-    def run(self, inputVolume, planningVolume=None, modelPath=None, device: str = "auto", batchSize: int = 8,
+    def run(self, inputVolume, planningVolume=None, modelPath=None, device: str = "auto", batchSize: int = 0,
             computeMetrics: bool = True, noiseSD: float = 20.0, nselfssimWindow=(-160.0, 240.0),
             overlayMap: str = "nselfssim", overlayOpacity: float = 0.5, progress=None, shouldCancel=None,
             layoutHook=None):

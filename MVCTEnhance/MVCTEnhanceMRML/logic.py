@@ -73,7 +73,7 @@ class _Stages:
 
 
 def enhanceVolumeNode(scene: Any, inputNode: Any, modelPath: str | os.PathLike | Any, *,
-                      planningNode: Any = None, device: str = "auto", batchSize: int = 8,
+                      planningNode: Any = None, device: str = "auto", batchSize: int = 0,
                       precision: str = "auto", computeMetrics: bool = True, noiseSD: float = 20.0,
                       nselfssimWindow: tuple[float, float] = (-160.0, 240.0), seed: int = 0,
                       overlayMap: str = "nselfssim", overlayOpacity: float = 0.5,
@@ -118,7 +118,7 @@ def enhanceVolumeNode(scene: Any, inputNode: Any, modelPath: str | os.PathLike |
             weights["planning"] = 0.1
     stages = _Stages(progress, weights)
 
-    result = enhance(mvct, loaded, device=device, batch_size=int(batchSize), precision=precision,
+    result = enhance(mvct, loaded, device=device, batch_size=int(batchSize) or None, precision=precision,
                      progress=stages.callback("enhance", "Enhancing slices"), should_cancel=shouldCancel)
     assessment = planningAssessment = None
     if computeMetrics:
