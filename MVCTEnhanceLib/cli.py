@@ -239,7 +239,7 @@ def _pair(text: str) -> tuple[float, float]:
 
 
 def _add_train(sub: Any) -> None:
-    from .train import LR_SCHEDULES, PRESETS
+    from .presets import LR_SCHEDULES, PRESETS
 
     p = sub.add_parser("train", help="train the extended CycleGAN on unpaired MVCT and kV-CT volumes",
                        description="Train (or --resume) a run: Enc/Dec per domain with a shared latent, PatchGAN "

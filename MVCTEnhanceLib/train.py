@@ -49,6 +49,7 @@ from . import losses as L
 from .errors import EnhanceCancelled, InputError, OutputError
 from .features import build_phi
 from .networks import STRIDE, Decoder, Encoder, Generator, PatchDiscriminator
+from .presets import LOSS_NAMES, LR_SCHEDULES, PRESETS
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = "mvctenhance-train-checkpoint"
@@ -59,14 +60,6 @@ LOSS_CSV = "losses.csv"
 LOSS_PNG = "losses.png"
 SAMPLES_DIR = "samples"
 
-LOSS_NAMES = ("adversarial", "cycle", "identity", "perceptual", "autoencoder", "air")
-PRESETS: dict[str, dict[str, float]] = {
-    "proposed": {"adversarial": 1.0, "cycle": 10.0, "identity": 0.1, "perceptual": 10.0,
-                 "autoencoder": 1.0, "air": 1.0},
-    "cyclegan": {"adversarial": 1.0, "cycle": 10.0, "identity": 0.1, "perceptual": 0.0,
-                 "autoencoder": 0.0, "air": 0.0},
-}
-LR_SCHEDULES = ("linear", "cosine", "constant")
 # Options that may change when a run is resumed (they do not change what is learned).
 RESUMABLE_CHANGES = {"iterations", "device", "amp", "num_workers", "log_every", "checkpoint_every",
                      "sample_every", "progress", "resume", "stop_after"}
