@@ -40,21 +40,6 @@ def output_paths_for_dir(input_path: str | os.PathLike, output_dir: str | os.Pat
             "montage": d / f"{name}_montage.png"}
 
 
-def check_side_output_path(path: str | os.PathLike, overwrite: bool, inputs: list[str], suffix: str = ".json",
-                           what: str = "report") -> Path:
-    """Checks for a non-volume output (JSON report, PNG figure): like check_output_path."""
-    p = Path(path)
-    if p.suffix.lower() != suffix:
-        raise OutputError(f"{what} '{p}' must be a {suffix} file")
-    if any(p.resolve() == Path(i).resolve() for i in inputs):
-        raise OutputError(f"{what} '{p}' is an input file; choose another path")
-    if p.exists() and not overwrite:
-        raise OutputError(f"{what} '{p}' exists; use --overwrite to replace it")
-    if not p.parent.exists():
-        raise OutputError(f"output folder '{p.parent}' does not exist")
-    return p
-
-
 def write_json(data: dict[str, Any], path: str | os.PathLike) -> Path:
     p = Path(path)
     tmp = p.with_name(f".{p.name}.partial")
@@ -75,9 +60,9 @@ def _check_outputs(outputs: dict[str, str | os.PathLike | None], overwrite: bool
         if path is None:
             continue
         if key == "report":
-            p = check_side_output_path(path, overwrite, inputs)
+            p = check_output_path(path, overwrite, inputs, (".json",), "report")
         elif key == "montage":
-            p = check_side_output_path(path, overwrite, inputs, ".png", "montage")
+            p = check_output_path(path, overwrite, inputs, (".png",), "montage")
             _require_matplotlib()
         else:
             p = check_output_path(path, overwrite, inputs)

@@ -234,24 +234,26 @@ def _extension(path: Path) -> str:
 
 
 def check_output_path(path: str | os.PathLike, overwrite: bool = False,
-                      inputs: Iterable[str | os.PathLike] = ()) -> Path:
+                      inputs: Iterable[str | os.PathLike] = (), extensions: Sequence[str] = WRITE_EXTENSIONS,
+                      what: str = "output") -> Path:
     """Validate an output path before any work is done; returns it as a Path.
 
-    Refuses unknown extensions, an existing file unless ``overwrite``, any path equal to one of the
-    ``inputs`` (even with ``overwrite``), and a folder that does not exist.
+    Refuses extensions other than ``extensions`` (volume formats by default; e.g. ('.json',) for a
+    report), an existing file unless ``overwrite``, any path equal to one of the ``inputs`` (even
+    with ``overwrite``), and a folder that does not exist. ``what`` names the output in messages.
     """
     p = Path(path)
     ext = _extension(p)
-    if ext not in WRITE_EXTENSIONS:
-        raise OutputError(f"output '{p}': unsupported extension '{ext or p.name}'; use one of {', '.join(WRITE_EXTENSIONS)}")
+    if ext not in extensions:
+        raise OutputError(f"{what} '{p}': unsupported extension '{ext or p.name}'; use one of {', '.join(extensions)}")
     for other in inputs:
         o = Path(other)
         if p.resolve() == o.resolve() or (p.exists() and o.exists() and os.path.samefile(p, o)):
-            raise OutputError(f"output '{p}' is the input file; choose another output path")
+            raise OutputError(f"{what} '{p}' is the input file; choose another output path")
     if p.exists() and not overwrite:
-        raise OutputError(f"output '{p}' exists; use --overwrite (overwrite=True) to replace it")
+        raise OutputError(f"{what} '{p}' exists; use --overwrite (overwrite=True) to replace it")
     if p.is_dir():
-        raise OutputError(f"output '{p}' is a folder")
+        raise OutputError(f"{what} '{p}' is a folder")
     if not p.parent.exists():
         raise OutputError(f"output folder '{p.parent}' does not exist")
     return p
