@@ -110,20 +110,21 @@ def showMap(scene: Any, node: Any, which: str, values: np.ndarray, mask: np.ndar
     display.SetWindowLevelMinMax(lo, hi)
 
 
-def _compositeNodes(scene: Any) -> dict[str, Any]:
+def _nodesByLayoutName(scene: Any, className: str) -> dict[str, Any]:
+    """The scene's nodes of ``className`` (slice or slice composite nodes) keyed by view name."""
     nodes = {}
-    for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):
-        node = scene.GetNthNodeByClass(i, "vtkMRMLSliceCompositeNode")
+    for i in range(scene.GetNumberOfNodesByClass(className)):
+        node = scene.GetNthNodeByClass(i, className)
         nodes[node.GetLayoutName()] = node
     return nodes
+
+
+def _compositeNodes(scene: Any) -> dict[str, Any]:
+    return _nodesByLayoutName(scene, "vtkMRMLSliceCompositeNode")
 
 
 def _sliceNodes(scene: Any) -> dict[str, Any]:
-    nodes = {}
-    for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceNode")):
-        node = scene.GetNthNodeByClass(i, "vtkMRMLSliceNode")
-        nodes[node.GetLayoutName()] = node
-    return nodes
+    return _nodesByLayoutName(scene, "vtkMRMLSliceNode")
 
 
 def setupComparisonViews(scene: Any, enhancedNode: Any, overlayNode: Any | None, referenceNode: Any,
