@@ -257,6 +257,9 @@ def _add_train(sub: Any) -> None:
     d.add_argument("--no-augment", dest="augment", action="store_const", const=False, help="no random crops/shifts")
     d.add_argument("--max-shift-px", type=int, help="random shift (default 4)")
     d.add_argument("--max-rotation-deg", type=float, help="random rotation (default 0)")
+    d.add_argument("--field-truncation", type=float, metavar="P",
+                   help="probability of cutting a training crop to a random smaller field, so the model "
+                        "also learns small or truncated fields of view (default 0)")
     d.add_argument("--min-body-fraction", type=float, help="skip slices with less body (default 0.05)")
     d.add_argument("--max-slices", type=_positive_int, help="use at most N slices per domain")
     o = p.add_argument_group("losses")
@@ -302,7 +305,7 @@ def _add_train(sub: Any) -> None:
 
 
 _TRAIN_OPTIONS = ("mv", "kv", "hu_window", "pixel_spacing_mm", "crop_size", "augment", "max_shift_px",
-                  "max_rotation_deg", "min_body_fraction", "max_slices", "preset", "w_adversarial", "w_cycle",
+                  "max_rotation_deg", "field_truncation", "min_body_fraction", "max_slices", "preset", "w_adversarial", "w_cycle",
                   "w_identity", "w_perceptual", "w_autoencoder", "w_air", "air_threshold_hu", "vgg_weights", "ngf",
                   "n_enc_res", "n_dec_res", "ndf", "n_d_down", "iterations", "batch_size", "lr_g", "lr_d", "beta1",
                   "beta2", "weight_decay", "lr_schedule", "decay_start", "label_jitter_sd", "pool_size", "seed",

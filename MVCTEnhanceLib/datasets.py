@@ -27,6 +27,7 @@ import torch
 from scipy import ndimage
 
 from .errors import InputError, OutputError
+from .jsonfile import read_json_object
 from .volume import WRITE_EXTENSIONS, Volume, read_volume, write_volume
 
 BODY_THRESHOLD_HU = -400.0
@@ -132,14 +133,17 @@ class SliceDataset(torch.utils.data.Dataset):
     ``hu_window`` and kept in memory. Each item is a crop around the body: when the body is larger
     than the crop the crop position is random within it, then shifted by up to ``max_shift_px`` and
     rotated by up to ``max_rotation_deg`` (paper: +-4 px; +-20 px and +-20 deg in its head-and-neck
-    example). Randomness depends only on (seed, epoch, index): reproducible with any number of
-    workers. With ``augment=False`` the crop is centred on the body, no shift, no rotation.
+    example). With probability ``field_truncation`` the crop is then cut to a random rectangular
+    or elliptical field around part of the body (see :meth:`_truncate`). Randomness depends only on
+    (seed, epoch, index): reproducible with any number of workers. With ``augment=False`` the crop
+    is centred on the body, no shift, no rotation, no truncation.
     """
 
     def __init__(self, sources: Sequence[str | os.PathLike], hu_window: tuple[float, float],
                  pixel_spacing_mm: tuple[float, float] = (1.0, 1.0), crop_size: int = 256,
                  augment: bool = True, max_shift_px: int = 4, max_rotation_deg: float = 0.0,
-                 seed: int = 0, min_body_fraction: float = 0.05, max_slices: int | None = None):
+                 seed: int = 0, min_body_fraction: float = 0.05, max_slices: int | None = None,
+                 field_truncation: float = 0.0):
         lo, hi = float(hu_window[0]), float(hu_window[1])
         if not hi > lo:
             raise InputError(f"HU window must be [low, high] with low < high, got {hu_window!r}")
@@ -149,6 +153,9 @@ class SliceDataset(torch.utils.data.Dataset):
             raise InputError(f"crop size {crop_size} is too small for shifts of {max_shift_px} px")
         if max_slices is not None and max_slices < 1:
             raise InputError(f"max_slices must be at least 1, got {max_slices}")
+        if not 0.0 <= float(field_truncation) <= 1.0:
+            raise InputError(f"field truncation is a probability in [0, 1], got {field_truncation}")
+        self.field_truncation = float(field_truncation)
         self.hu_window = (lo, hi)
         self.pixel_spacing_mm = (float(pixel_spacing_mm[0]), float(pixel_spacing_mm[1]))
         self.crop_size = int(crop_size)
@@ -263,7 +270,39 @@ class SliceDataset(torch.utils.data.Dataset):
                 # a random body pixel instead, which always lies inside the crop
                 rc = self._bodies[i][rng.integers(len(self._bodies[i]))]
                 out = self._crop(img, (float(rc[0]), float(rc[1])), angle)
+            if self.field_truncation > 0 and rng.uniform() < self.field_truncation:
+                out = self._truncate(out, body_level, rng)
         return torch.from_numpy(out)[None]
+
+    def _truncate(self, out: np.ndarray, body_level: float, rng: np.random.Generator) -> np.ndarray:
+        """Keep a random field (rectangle or ellipse, 40..70 % of the crop, centred on a body pixel)
+        and make the rest air.
+
+        Why: a model that has only seen whole bodies invents bone along the straight edges of a
+        small or truncated field (found on validation phantoms cut to a square: MAE 92 -> 475 HU).
+        The new air is drawn from this image's own air pixels (so MVCT noise stays MVCT-like, kV air
+        stays clean), and the field edge is softened by ~1 px as a reconstructed edge is.
+        """
+        n = out.shape[0]
+        body = out > body_level
+        rows, cols = np.nonzero(body)
+        if rows.size == 0:
+            return out
+        k = int(rng.integers(rows.size))
+        r, c = float(rows[k]), float(cols[k])
+        hr, hc = rng.uniform(0.2, 0.35, size=2) * n
+        rr, cc = np.ogrid[:n, :n]
+        if rng.uniform() < 0.5:
+            keep = ((np.abs(rr - r) <= hr) & (np.abs(cc - c) <= hc)).astype(np.float32)
+        else:
+            keep = ((((rr - r) / hr) ** 2 + ((cc - c) / hc) ** 2) <= 1.0).astype(np.float32)
+        air_px = out[~ndimage.binary_dilation(body, iterations=8)]
+        if air_px.size < 64:  # no air in the crop to copy noise from: clean air
+            air = np.full_like(out, self.air_value)
+        else:
+            air = rng.choice(air_px, size=out.shape).astype(np.float32)
+        keep = ndimage.gaussian_filter(keep, 0.7)
+        return (keep * out + (1.0 - keep) * air).astype(np.float32)
 
     def summary(self) -> dict[str, Any]:
         """JSON-serialisable description for the model card's training_data."""
@@ -278,6 +317,7 @@ class SliceDataset(torch.utils.data.Dataset):
             "augment": self.augment,
             "max_shift_px": self.max_shift_px,
             "max_rotation_deg": self.max_rotation_deg,
+            "field_truncation": self.field_truncation,
             "min_body_fraction": self.min_body_fraction,
             "body_threshold_hu": BODY_THRESHOLD_HU,
             "max_slices": self.max_slices,
@@ -514,10 +554,7 @@ def read_manifest(outdir: str | os.PathLike) -> dict[str, Any]:
     p = Path(outdir) / "manifest.json"
     if not p.is_file():
         raise InputError(f"'{outdir}' has no manifest.json; is it a folder written by make-dataset?")
-    try:
-        m = json.loads(p.read_text())
-    except ValueError as exc:
-        raise InputError(f"'{p}' is not valid JSON ({exc})") from None
+    m = read_json_object(p, "dataset manifest")
     if m.get("schema") != DATASET_SCHEMA:
         raise InputError(f"'{p}' is not a make-dataset manifest (schema {m.get('schema')!r})")
     return m

@@ -5,7 +5,6 @@ spacing, HU window, phi, iterations, date, git commit)."""
 from __future__ import annotations
 
 import datetime
-import json
 import os
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -13,6 +12,7 @@ from typing import Any, NamedTuple
 import torch
 
 from .errors import InputError, OutputError
+from .jsonfile import read_json_object
 from .modelcard import ModelCard
 from .modelfile import save_model
 from .networks import STRIDE, Decoder, Encoder, Generator
@@ -65,7 +65,7 @@ def build_card(run_dir: str | os.PathLike, iteration: int, *, name: str = "mvcte
     run = Path(run_dir)
     config = load_run_config(run)
     info_path = run / RUN_NAME
-    info: dict[str, Any] = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    info: dict[str, Any] = read_json_object(info_path, "training run record") if info_path.is_file() else {}
     weights = config.weights()
     training = {
         "preset": config.preset,
@@ -113,14 +113,7 @@ def build_card(run_dir: str | os.PathLike, iteration: int, *, name: str = "mvcte
 def read_card_extra(path: str | os.PathLike) -> dict[str, Any]:
     """Extra card fields from a JSON file holding one object (e.g. ``{"evaluation": {...}}``)."""
     p = Path(path)
-    if not p.is_file():
-        raise InputError(f"card extra file '{p}' does not exist")
-    try:
-        extra = json.loads(p.read_text())
-    except ValueError as exc:
-        raise InputError(f"card extra file '{p}' is not valid JSON ({exc})") from None
-    if not isinstance(extra, dict):
-        raise InputError(f"card extra file '{p}' must hold a JSON object")
+    extra = read_json_object(p, "card extra file")
     reserved = sorted(set(extra) & (set(ModelCard.__dataclass_fields__) | {"schema", "schema_version", "training"}))
     if reserved:
         raise InputError(f"card extra file '{p}' may not set the card's own fields: {', '.join(reserved)}")

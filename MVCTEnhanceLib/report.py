@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import InputError
+from .jsonfile import read_json_object
 
 #: Talk's NSelfSSIM table (head and neck; S. Ozaki, ISCO 2023), for the side-by-side comparison.
 TALK_NSELFSSIM = {"mvct": (0.9024, 0.0106), "proposed": (0.7079, 0.0794), "kv": (0.7263, 0.0825)}
@@ -542,7 +543,6 @@ def write_report(out: Path, rows, record: dict[str, Any], methods, fig_lc, kept,
 def rerender(out_dir: str | os.PathLike, notes: Sequence[str] = ()) -> Path:
     """Rewrite report.md of a finished evaluation from its evaluation.json (e.g. to add the discussion)
     without recomputing anything; the figures and CSV files are left as they are."""
-    import json
 
     from .evaluate import Method
 
@@ -550,7 +550,7 @@ def rerender(out_dir: str | os.PathLike, notes: Sequence[str] = ()) -> Path:
     path = out / "evaluation.json"
     if not path.is_file():
         raise InputError(f"'{out}' holds no evaluation.json; run mvct-enhance evaluate first")
-    record = json.loads(path.read_text())
+    record = read_json_object(path, "evaluation record")
     nan = float("nan")
     fix = lambda d: {k: (nan if v is None and k in ("mean", "sd", "median", "ci_low", "ci_high") else v)  # noqa: E731
                      for k, v in d.items()}

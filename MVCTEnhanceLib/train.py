@@ -47,6 +47,7 @@ from torch import nn
 
 from . import losses as L
 from .errors import EnhanceCancelled, InputError, OutputError
+from .jsonfile import read_json_object
 from .features import build_phi
 from .networks import STRIDE, Decoder, Encoder, Generator, PatchDiscriminator
 from .presets import LOSS_NAMES, LR_SCHEDULES, PRESETS
@@ -98,6 +99,7 @@ class TrainConfig:
     augment: bool = True
     max_shift_px: int = 4
     max_rotation_deg: float = 0.0
+    field_truncation: float = 0.0  # probability of cutting a crop to a random smaller field
     min_body_fraction: float = 0.05
     max_slices: int | None = None
     # Networks
@@ -193,6 +195,8 @@ class TrainConfig:
         for name in ("n_enc_res", "n_dec_res", "pool_size", "num_workers", "max_shift_px", "sample_every"):
             if int(getattr(self, name)) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.field_truncation <= 1:
+            problems.append(f"field_truncation is a probability in [0, 1], got {self.field_truncation}")
         if not (self.lr_g > 0 and self.lr_d > 0):
             problems.append(f"learning rates must be positive, got lr_g {self.lr_g}, lr_d {self.lr_d}")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
@@ -216,8 +220,9 @@ def load_run_config(run_dir: str | os.PathLike) -> TrainConfig:
     path = Path(run_dir) / CONFIG_NAME
     if not path.is_file():
         raise InputError(f"'{run_dir}' is not a training run folder (no {CONFIG_NAME})")
+    data = read_json_object(path, "training configuration")
     try:
-        return TrainConfig.from_dict(json.loads(path.read_text()))
+        return TrainConfig.from_dict(data)
     except (ValueError, TypeError) as exc:
         raise InputError(f"'{path}' is not a valid training configuration ({exc})") from None
 
@@ -403,7 +408,7 @@ def _open_domain(name: str, paths: list[str], config: TrainConfig, seed: int) ->
         sources, hu_window=tuple(config.hu_window), pixel_spacing_mm=tuple(config.pixel_spacing_mm),
         crop_size=config.crop_size, augment=config.augment, max_shift_px=config.max_shift_px,
         max_rotation_deg=config.max_rotation_deg, seed=seed, min_body_fraction=config.min_body_fraction,
-        max_slices=config.max_slices)
+        max_slices=config.max_slices, field_truncation=config.field_truncation)
     if len(dataset) == 0:
         raise InputError(f"the {name} domain has no usable slices in {', '.join(map(str, paths))} "
                          f"(min_body_fraction {config.min_body_fraction})")

@@ -187,6 +187,28 @@ def test_loader_is_seeded_per_epoch_and_never_crops_only_air(dataset):
     assert torch.equal(first, plain[0])
 
 
+def test_field_truncation_cuts_the_body_to_a_smaller_field_and_keeps_it(dataset):
+    kw = dict(hu_window=(-1000.0, 2000.0), pixel_spacing_mm=(2.0, 2.0), crop_size=128, seed=2, max_shift_px=0)
+    whole = D.SliceDataset([dataset / "train_kv"], **kw)
+    cut = D.SliceDataset([dataset / "train_kv"], field_truncation=1.0, **kw)
+    again = D.SliceDataset([dataset / "train_kv"], field_truncation=1.0, **kw)
+    level = float(D.hu_to_net(np.array([-400.0]), kw["hu_window"])[0])
+    air = float(D.hu_to_net(np.array([-1000.0]), kw["hu_window"])[0])
+    for i in range(len(whole)):
+        w, c = whole[i][0].numpy(), cut[i][0].numpy()
+        assert torch.equal(cut[i], again[i])  # seeded like every other augmentation
+        body_w, body_c = (w > level).sum(), (c > level).sum()
+        assert 0 < body_c < body_w  # some body kept, some cut away
+        # kV air (-1000 HU) is the lowest value: cutting (and the soft edge) only moves pixels towards it
+        assert np.all(c <= w + 1e-6)
+        assert (np.abs(c - air) < 1e-6).sum() > (np.abs(w - air) < 1e-6).sum()
+    assert cut.summary()["field_truncation"] == 1.0 and whole.summary()["field_truncation"] == 0.0
+    plain = D.SliceDataset([dataset / "train_kv"], augment=False, field_truncation=1.0, **kw)
+    assert torch.equal(plain[0], D.SliceDataset([dataset / "train_kv"], augment=False, **kw)[0])
+    with pytest.raises(InputError, match="probability"):
+        D.SliceDataset([dataset / "train_kv"], field_truncation=1.5, **kw)
+
+
 def test_loader_resamples_to_the_requested_pixel_size(dataset):
     coarse = D.SliceDataset([dataset / "train_kv"], hu_window=(-600.0, 400.0), pixel_spacing_mm=(2.0, 2.0),
                             crop_size=128, augment=False)
@@ -265,3 +287,20 @@ def test_shipped_mvct_is_the_simulation_of_the_shipped_planning_ct():
     first = Volume(kv.array[:2].copy(), kv.spacing, kv.origin, kv.direction)
     sim = simulate(first, noise_sd=meta["simulator"]["noise_sd"], seed=meta["simulator_seed"])
     np.testing.assert_array_equal(np.rint(sim.array), mv.array[:2])
+
+
+def test_json_files_that_are_not_objects_give_input_errors(tmp_path):
+    from MVCTEnhanceLib.export import read_card_extra
+    from MVCTEnhanceLib.train import load_run_config
+
+    (tmp_path / "manifest.json").write_text("[1, 2]")
+    with pytest.raises(InputError, match="dataset manifest .* must hold a JSON object, not list"):
+        D.read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_bytes(b"\xff\xfe{")
+    with pytest.raises(InputError, match="cannot be read"):
+        D.read_manifest(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(InputError, match="training configuration .* is not valid JSON"):
+        load_run_config(tmp_path)
+    with pytest.raises(InputError, match="card extra file .* does not exist"):
+        read_card_extra(tmp_path / "nope.json")

@@ -251,6 +251,8 @@ def test_bad_options_give_clear_errors(tmp_path):
         tiny_config(tmp_path, crop_size=30).validate(need_sources=False)
     with pytest.raises(InputError, match="weight of the cycle loss must be >= 0"):
         tiny_config(tmp_path, w_cycle=-1).validate(need_sources=False)
+    with pytest.raises(InputError, match="field_truncation is a probability"):
+        tiny_config(tmp_path, field_truncation=-0.1).validate(need_sources=False)
     with pytest.raises(InputError, match="unknown preset 'pix2pix'"):
         tiny_config(tmp_path, preset="pix2pix").validate(need_sources=False)
     with pytest.raises(InputError, match="air loss needs the HU window to start below -600"):
