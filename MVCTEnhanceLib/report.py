@@ -542,7 +542,8 @@ def write_report(out: Path, rows, record: dict[str, Any], methods, fig_lc, kept,
 
 def rerender(out_dir: str | os.PathLike, notes: Sequence[str] = ()) -> Path:
     """Rewrite report.md of a finished evaluation from its evaluation.json (e.g. to add the discussion)
-    without recomputing anything; the figures and CSV files are left as they are."""
+    without recomputing anything; the figures and CSV files are left as they are. ``notes`` are Markdown
+    texts (not file names), as ``evaluate --notes`` reads them."""
 
     from .evaluate import Method
 
