@@ -353,7 +353,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
                           version=args.model_version, extra=extra)
     training = exported.card.extra.get("training", {})
     print(f"model     {exported.path} (sha256 {exported.sha256[:12]})")
-    print(f"card      {exported.card.name} {exported.card.version}, {training.get('iterations')} iterations, "
+    total = training.get("iterations_total")
+    in_all = ""
+    if total not in (None, training.get("iterations")):
+        in_all = f" ({total} in all, with the runs it was initialised from)"
+    print(f"card      {exported.card.name} {exported.card.version}, {training.get('iterations')} iterations{in_all}, "
           f"HU window {exported.card.hu_window[0]:g},{exported.card.hu_window[1]:g}")
     return EXIT_OK
 

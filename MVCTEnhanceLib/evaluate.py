@@ -530,7 +530,8 @@ def _card_summary(loaded: Any) -> dict[str, Any]:
     card = loaded.card
     training = card.extra.get("training", {}) if isinstance(card.extra, dict) else {}
     return {"name": card.name, "version": card.version, "sha256": loaded.sha256, "losses": card.losses,
-            "iterations": training.get("iterations"), "preset": training.get("preset"),
+            "iterations": training.get("iterations"), "iterations_total": training.get("iterations_total"),
+            "preset": training.get("preset"),
             "architecture": {k: card.architecture.get(k) for k in ("ngf", "encoder_res_blocks", "decoder_res_blocks")}}
 
 

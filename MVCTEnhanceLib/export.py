@@ -16,7 +16,7 @@ from .jsonfile import read_json_object
 from .modelcard import ModelCard
 from .modelfile import save_model
 from .networks import STRIDE, Decoder, Encoder, Generator
-from .train import CHECKPOINT_NAME, RUN_NAME, load_run_config, read_checkpoint
+from .train import CHECKPOINT_NAME, RUN_NAME, lineage_iterations, load_run_config, read_checkpoint
 
 DEFAULT_INTENDED_USE = (
     "Research and positioning support: converts TomoTherapy-style MVCT slices (HU) into kV-CT-like "
@@ -70,6 +70,7 @@ def build_card(run_dir: str | os.PathLike, iteration: int, *, name: str = "mvcte
     training = {
         "preset": config.preset,
         "iterations": iteration,
+        "iterations_total": lineage_iterations(run / CHECKPOINT_NAME, iteration),
         "iterations_planned": config.iterations,
         "status": info.get("status", "unknown"),
         "date_utc": info.get("updated_utc", "unknown"),
@@ -95,7 +96,8 @@ def build_card(run_dir: str | os.PathLike, iteration: int, *, name: str = "mvcte
     data.setdefault("kv_sources", list(config.kv))
     data["crop_size"] = config.crop_size
     data["augmentation"] = {"enabled": config.augment, "max_shift_px": config.max_shift_px,
-                            "max_rotation_deg": config.max_rotation_deg}
+                            "max_rotation_deg": config.max_rotation_deg,
+                            "field_truncation": config.field_truncation}
     card_extra: dict[str, Any] = {"training": training,
                                   "exported_utc": datetime.datetime.now(datetime.timezone.utc)
                                   .strftime("%Y-%m-%dT%H:%M:%SZ")}

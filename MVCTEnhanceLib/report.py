@@ -284,7 +284,10 @@ def markdown(record: dict[str, Any], summary, st, methods, figures: dict[str, Pa
             c = m["model_card"]
             arch = c.get("architecture") or {}
             details = (f"`{m['model']}`: {c['name']} {c['version']}, sha256 {c['sha256'][:12]}, preset "
-                       f"{c.get('preset') or '?'}, {c.get('iterations') or '?'} iterations, ngf {arch.get('ngf')}")
+                       f"{c.get('preset') or '?'}, {c.get('iterations') or '?'} iterations"
+                       + (f" ({c['iterations_total']} in all, with the runs it was initialised from)"
+                          if c.get("iterations_total") not in (None, c.get("iterations")) else "")
+                       + f", ngf {arch.get('ngf')}")
         elif m["kind"] == "denoiser":
             p = tuning.get("parameters", {}).get(m["name"], {})
             details = f"{p.get('function', '')}, {p.get('name')} = {p.get('value'):g} (tuned on the validation case)"

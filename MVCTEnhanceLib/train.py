@@ -215,6 +215,31 @@ class TrainConfig:
             raise InputError("bad training options: " + "; ".join(problems))
 
 
+def lineage_iterations(checkpoint: str | os.PathLike, iteration: int) -> int | None:
+    """``iteration`` plus the iterations of every run that ``checkpoint``'s run was initialised from
+    (``--init-from`` chains), read from the run.json records beside the checkpoints. None when a link
+    of the chain has no readable record: a total that silently left out a stage would be wrong."""
+    total = int(iteration)
+    info_path = Path(checkpoint).parent / RUN_NAME
+    seen: set[Path] = set()
+    while True:
+        if not info_path.is_file() or info_path.resolve() in seen:
+            return None
+        seen.add(info_path.resolve())
+        try:
+            init = read_json_object(info_path, "training run record").get("initialised_from")
+        except InputError:
+            return None
+        if init is None:
+            return total
+        if not isinstance(init, dict) or "iteration" not in init:
+            return None
+        if init.get("iterations_before") is not None:  # the source's own total, recorded when this run began
+            return total + int(init["iterations_before"])
+        total += int(init["iteration"])
+        info_path = Path(str(init.get("checkpoint", ""))).parent / RUN_NAME
+
+
 def load_run_config(run_dir: str | os.PathLike) -> TrainConfig:
     """The configuration saved in a run folder (for resuming or exporting)."""
     path = Path(run_dir) / CONFIG_NAME
@@ -642,6 +667,7 @@ class _Trainer:
             raise InputError(f"cannot start from '{ckpt}': its networks differ from this run's (ngf, ndf, "
                              f"residual blocks must match; {str(exc).splitlines()[0]})") from None
         self.init_info = {"checkpoint": str(ckpt), "iteration": int(state["iteration"]),
+                          "iterations_before": lineage_iterations(ckpt, int(state["iteration"])),
                           "config": json.loads(str(state["config"]))}
 
     def _load_state(self, state: dict[str, Any]) -> None:
@@ -680,11 +706,20 @@ class _Trainer:
             "loss_weights": self.weights, "perceptual_phi": self.phi_description,
             "air_threshold_net": self.air_c, "device": str(self.device), "amp": self.amp,
             "initialised_from": self._init_record(),
+            "iterations_total": self._iterations_total(),
             "world_size": self.world, "torch_threads": torch.get_num_threads(), "git_commit": git_commit(),
             "torch": torch.__version__,
             "data": {"mv": _summary(self.mv_dataset), "kv": _summary(self.kv_dataset),
                      "mv_sources": list(self.config.mv), "kv_sources": list(self.config.kv)},
         })
+
+    def _iterations_total(self) -> int | None:
+        """This run's iterations plus those of every run its weights came from (None: not known)."""
+        init = self._init_record()
+        if init is None:
+            return self.iteration
+        before = init.get("iterations_before")
+        return None if before is None else self.iteration + int(before)
 
     def _init_record(self) -> dict[str, Any] | None:
         """Where the initial weights came from; kept across resumes through the previous run.json."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import signal
 import socket
@@ -155,6 +156,19 @@ def test_stop_after_then_resume_and_init_from(straight_run, tmp_path):
     trainer.run(None)
     info = json.loads((tmp_path / "finetune" / "run.json").read_text())
     assert info["initialised_from"]["iteration"] == 6 and info["initialised_from"]["config"]["crop_size"] == 32
+    # the total training behind the weights follows the --init-from chain: 6 + 6, then 6 + 6 + 2
+    assert info["iterations_total"] == 12
+    train(tiny_config(tmp_path / "third", init_from=str(tmp_path / "finetune"), iterations=2), **data())
+    assert json.loads((tmp_path / "third" / "run.json").read_text())["iterations_total"] == 14
+    from MVCTEnhanceLib.export import build_card
+    from MVCTEnhanceLib.train import lineage_iterations
+
+    assert build_card(tmp_path / "third", 2).extra["training"]["iterations_total"] == 14
+    assert lineage_iterations(straight_run / CHECKPOINT_NAME, 6) == 6
+    orphan = tmp_path / "orphan"  # a checkpoint without its run record: the total is unknown, not guessed
+    orphan.mkdir()
+    shutil.copyfile(tmp_path / "finetune" / CHECKPOINT_NAME, orphan / CHECKPOINT_NAME)
+    assert lineage_iterations(orphan / CHECKPOINT_NAME, 6) is None
     with pytest.raises(InputError, match="networks differ"):
         train(tiny_config(tmp_path / "wider", ngf=8, init_from=str(straight_run)), **data())
     with pytest.raises(InputError, match="init_from .* does not exist"):
