@@ -347,17 +347,14 @@ def _add_export(sub: Any) -> None:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from .export import export_run, read_card_extra
+    from .modelcard import iterations_text
 
     extra = read_card_extra(args.card_extra) if args.card_extra else None
     exported = export_run(args.run, args.output, overwrite=args.overwrite, name=args.name,
                           version=args.model_version, extra=extra)
     training = exported.card.extra.get("training", {})
     print(f"model     {exported.path} (sha256 {exported.sha256[:12]})")
-    total = training.get("iterations_total")
-    in_all = ""
-    if total not in (None, training.get("iterations")):
-        in_all = f" ({total} in all, with the runs it was initialised from)"
-    print(f"card      {exported.card.name} {exported.card.version}, {training.get('iterations')} iterations{in_all}, "
+    print(f"card      {exported.card.name} {exported.card.version}, {iterations_text(training)}, "
           f"HU window {exported.card.hu_window[0]:g},{exported.card.hu_window[1]:g}")
     return EXIT_OK
 

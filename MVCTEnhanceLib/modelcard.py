@@ -119,3 +119,13 @@ def validate_card(d: dict[str, Any]) -> None:
         problems.append("'outside_window' must give numeric 'below_gain' and 'above_gain'")
     if problems:
         raise ModelError("invalid model card: " + "; ".join(problems))
+
+
+def iterations_text(training: dict[str, Any]) -> str:
+    """"1000 iterations (2782 in all, with the runs it was initialised from)" from a card's training
+    record (or the evaluation's summary of it); the total only where it adds something."""
+    done, total = training.get("iterations"), training.get("iterations_total")
+    text = f"{done or '?'} iterations"
+    if total not in (None, done):
+        text += f" ({total} in all, with the runs it was initialised from)"
+    return text

@@ -19,6 +19,7 @@ import numpy as np
 
 from .errors import InputError
 from .jsonfile import read_json_object
+from .modelcard import iterations_text
 
 #: Talk's NSelfSSIM table (head and neck; S. Ozaki, ISCO 2023), for the side-by-side comparison.
 TALK_NSELFSSIM = {"mvct": (0.9024, 0.0106), "proposed": (0.7079, 0.0794), "kv": (0.7263, 0.0825)}
@@ -284,10 +285,7 @@ def markdown(record: dict[str, Any], summary, st, methods, figures: dict[str, Pa
             c = m["model_card"]
             arch = c.get("architecture") or {}
             details = (f"`{m['model']}`: {c['name']} {c['version']}, sha256 {c['sha256'][:12]}, preset "
-                       f"{c.get('preset') or '?'}, {c.get('iterations') or '?'} iterations"
-                       + (f" ({c['iterations_total']} in all, with the runs it was initialised from)"
-                          if c.get("iterations_total") not in (None, c.get("iterations")) else "")
-                       + f", ngf {arch.get('ngf')}")
+                       f"{c.get('preset') or '?'}, {iterations_text(c)}, ngf {arch.get('ngf')}")
         elif m["kind"] == "denoiser":
             p = tuning.get("parameters", {}).get(m["name"], {})
             details = f"{p.get('function', '')}, {p.get('name')} = {p.get('value'):g} (tuned on the validation case)"

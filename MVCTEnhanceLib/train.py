@@ -728,8 +728,8 @@ class _Trainer:
         previous = self.run_dir / RUN_NAME
         if self.config.init_from and previous.is_file():
             try:
-                return json.loads(previous.read_text()).get("initialised_from")
-            except ValueError:
+                return read_json_object(previous, "training run record").get("initialised_from")
+            except InputError:
                 return None
         return None
 
@@ -862,8 +862,8 @@ class _Trainer:
         previous = self.run_dir / RUN_NAME
         if self.iteration > 0 and previous.is_file():  # a resumed run keeps its first start time
             try:
-                started = str(json.loads(previous.read_text()).get("started_utc", started))
-            except ValueError:
+                started = str(read_json_object(previous, "training run record").get("started_utc", started))
+            except InputError:
                 pass
         self._write_run_info("running", started)
         csv_file = self._open_csv() if self.main else None

@@ -356,22 +356,21 @@ def _labelmap(scene, source):
     return node
 
 
-def _rgb(scene, source):
-    node = scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "photo")
+def _threeComponents(scene, className, name, scalarType):
+    node = scene.AddNewNodeByClass(className, name)
     image = vtk.vtkImageData()
     image.SetDimensions(8, 8, 3)
-    image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 3)
+    image.AllocateScalars(scalarType, 3)
     node.SetAndObserveImageData(image)
     return node
+
+
+def _rgb(scene, source):
+    return _threeComponents(scene, "vtkMRMLVectorVolumeNode", "photo", vtk.VTK_UNSIGNED_CHAR)
 
 
 def _rgbAsScalarClass(scene, source):
-    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "three components")
-    image = vtk.vtkImageData()
-    image.SetDimensions(8, 8, 3)
-    image.AllocateScalars(vtk.VTK_FLOAT, 3)
-    node.SetAndObserveImageData(image)
-    return node
+    return _threeComponents(scene, "vtkMRMLScalarVolumeNode", "three components", vtk.VTK_FLOAT)
 
 
 def _flat(scene, source):
