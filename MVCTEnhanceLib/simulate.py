@@ -60,9 +60,10 @@ HU_ANCHORS: tuple[tuple[float, float], ...] = (
 )
 #: Mass attenuation coefficient of water at 1 MeV (NIST XCOM, cm^2/g) -> mu in 1/mm at 1 g/cm^3.
 MU_WATER_PER_MM = 0.07072 * 0.1
-VERSION = "mvsim-1"
-#: torch intra-op threads used while simulating. One thread makes results bit-identical on any
-#: machine (no thread-count-dependent reduction order) and was 3x faster in wall time than two on
+VERSION = "mvsim-2"  # 2: noise by inverse CDF, one uniform per bin (CPU-independent)
+#: torch intra-op threads used while simulating. One thread keeps the reduction order independent
+#: of the machine's core count (CPUs' vector units still differ in the last bits; the noise draw is
+#: built so that this does not matter, see ``poisson_counts``) and was 3x faster in wall time than two on
 #: the shared 2-core development machine (0.77 s vs 2.4 s per 256x256 slice under load); parallelise
 #: over slices or processes instead.
 SIM_THREADS = 1
@@ -263,6 +264,52 @@ def photons_per_bin(settings: SimulatorSettings, shape: tuple[int, int], spacing
     return c * math.exp(MU_WATER_PER_MM * settings.reference_diameter_mm) / sigma_mu ** 2
 
 
+#: Below this mean count Poisson quantiles are found exactly (by summing the pmf); above it the
+#: Cornish-Fisher expansion with the skewness term is used, not rounded to an integer: at these counts
+#: the discreteness is invisible after the log, and a continuous count keeps tiny intensity
+#: differences tiny instead of turning some into whole-count jumps.
+EXACT_POISSON_BELOW = 64.0
+
+
+def poisson_counts(lam: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Poisson draws with means ``lam`` (float64), taking exactly one uniform per bin from ``rng``.
+
+    numpy's ``Generator.poisson`` is a rejection sampler: how many random numbers it consumes
+    depends on the means, so a last-bit difference in one intensity (float results differ between
+    CPUs' vector units) shifts the random stream for every later bin and the whole image changes.
+    Here each bin's count is the inverse CDF of its own uniform: the stream never depends on the
+    data, and a small change in ``lam`` changes the count by about as much (below
+    ``EXACT_POISSON_BELOW``, only if the uniform lies within it of a CDF step).
+    """
+    from scipy import special
+
+    lam = np.asarray(lam, dtype=np.float64)
+    u = rng.random(lam.shape)
+    z = special.ndtri(np.clip(u, 1e-300, 1.0 - 1e-16))
+    counts = lam + np.sqrt(lam) * z + (z * z - 1.0) / 6.0
+    low = lam < EXACT_POISSON_BELOW
+    if np.any(low):
+        counts[low] = _poisson_quantile_exact(lam[low], u[low])
+    return np.maximum(counts, 0.0)
+
+
+def _poisson_quantile_exact(lam: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Smallest k with P(K <= k) >= u for small means (vectorised pmf recursion)."""
+    k = np.zeros(lam.shape)
+    pmf = np.exp(-lam)
+    cdf = pmf.copy()
+    todo = cdf < u
+    kmax = int(np.ceil(EXACT_POISSON_BELOW + 12.0 * math.sqrt(EXACT_POISSON_BELOW))) + 1
+    for i in range(1, kmax):
+        if not np.any(todo):
+            break
+        pmf = pmf * lam / i
+        cdf = cdf + pmf
+        k[todo] = i
+        todo &= cdf < u
+    return k
+
+
 def simulate_slice(hu_kv: np.ndarray, spacing: tuple[float, float], settings: SimulatorSettings,
                    rng: np.random.Generator) -> np.ndarray:
     """One axial slice: kV HU (rows, cols) with pixel ``spacing`` (row, col) mm -> MV HU."""
@@ -279,7 +326,7 @@ def simulate_slice(hu_kv: np.ndarray, spacing: tuple[float, float], settings: Si
         if settings.noise_sd > 0:
             n0 = photons_per_bin(settings, shape, spacing)
             lam = n0 * np.exp(-sino.numpy().astype(np.float64))
-            counts = rng.poisson(lam).astype(np.float64)
+            counts = poisson_counts(lam, rng)
             sino = torch.from_numpy(-np.log(np.maximum(counts, 0.5) / n0).astype(np.float32))
         rec = _fbp(sino, g, settings.kernel)
     return (1000.0 * (rec.numpy() / MU_WATER_PER_MM - 1.0)).astype(np.float32)

@@ -279,14 +279,19 @@ def test_cli_make_dataset_and_sample(tmp_path, capsys):
 
 def test_shipped_mvct_is_the_simulation_of_the_shipped_planning_ct():
     """The sample is reproducible from the code: re-simulating its first slices gives the same voxels."""
-    from MVCTEnhanceLib.simulate import simulate
+    from MVCTEnhanceLib.simulate import SimulatorSettings, simulate
 
     meta = json.loads((SAMPLE / "sample.json").read_text())
     kv = read_volume(SAMPLE / "sample_planning_ct.nrrd")
     mv = read_volume(SAMPLE / "sample_mvct.nrrd")
     first = Volume(kv.array[:2].copy(), kv.spacing, kv.origin, kv.direction)
     sim = simulate(first, noise_sd=meta["simulator"]["noise_sd"], seed=meta["simulator_seed"])
-    np.testing.assert_array_equal(np.rint(sim.array), mv.array[:2])
+    assert meta["simulator"]["version"] == SimulatorSettings().version
+    # Another CPU's vector units may change float results in the last bits, so a voxel within that
+    # of a .5 HU boundary may round the other way; a shifted noise stream changes nearly all voxels.
+    diff = np.abs(np.rint(sim.array) - mv.array[:2])
+    assert diff.max() <= 1.0
+    assert np.count_nonzero(diff) <= 1e-3 * diff.size
 
 
 def test_json_files_that_are_not_objects_give_input_errors(tmp_path):

@@ -142,6 +142,39 @@ def _small_volume() -> Volume:
     return Volume(arr, spacing=(2.0, 2.0, 3.0), origin=(-63.0, 10.0, -4.5))
 
 
+def test_noise_stream_does_not_depend_on_the_intensities():
+    """Cross-CPU reproducibility by design: one uniform per bin whatever the means, so a last-bit
+    difference in an intensity (vector units differ between CPUs) cannot shift the random stream."""
+    lam = np.random.default_rng(0).uniform(1.0, 2e5, 50_000)
+    lam[:500] = np.linspace(0.01, 80.0, 500)  # the exact small-count branch too
+    rng_a, rng_b = np.random.default_rng(5), np.random.default_rng(5)
+    a = S.poisson_counts(lam, rng_a)
+    b = S.poisson_counts(np.nextafter(lam, np.inf), rng_b)
+    low = lam < S.EXACT_POISSON_BELOW
+    assert np.count_nonzero(a[low] != b[low]) <= 2  # only a uniform within one bit of a CDF step flips
+    assert np.max(np.abs(a - b) / np.maximum(a, 1)) < 1e-12  # elsewhere the count moves by that bit
+    assert rng_a.random() == rng_b.random()  # same amount of the stream consumed
+    rng_c = np.random.default_rng(5)
+    S.poisson_counts(np.full(50_000, 3.0), rng_c)  # very different means, same consumption
+    assert rng_c.random() == np.random.default_rng(5).random(50_001)[-1]
+
+
+@pytest.mark.parametrize("mean", [0.5, 4.0, 40.0, 70.0, 5_000.0])
+def test_noise_counts_are_poisson(mean):
+    k = S.poisson_counts(np.full(200_000, mean), np.random.default_rng(1))
+    assert k.min() >= 0
+    if mean < S.EXACT_POISSON_BELOW:
+        assert np.all(k == np.rint(k))
+    se = np.sqrt(mean / k.size)
+    assert abs(k.mean() - mean) < 5 * se
+    assert abs(k.var() / mean - 1) < 0.02
+    if mean < 100:  # the exact branch and the expansion just above it: the CDF matches Poisson's
+        from scipy import stats
+
+        for m in {int(mean * 0.7), int(mean), int(mean * 1.3) + 1}:
+            assert abs(np.mean(k < m + 0.5) - stats.poisson.cdf(m, mean)) < 0.01
+
+
 def test_same_seed_same_image_different_seed_different_noise():
     vol = _small_volume()
     a = S.simulate(vol, noise_sd=30.0, seed=5)
