@@ -303,7 +303,7 @@ class MVCTEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         slicer.app.processEvents()  # keeps the GUI alive and lets the Cancel button be pressed
 
     def onEnhanceButton(self) -> None:
-        from MVCTEnhanceLib.errors import EnhanceCancelled, MVCTEnhanceError
+        from MVCTEnhanceLib.engine.errors import EnhanceCancelled, MVCTEnhanceError
 
         p = self._parameterNode
         self._cancelRequested = False
@@ -378,8 +378,8 @@ class MVCTEnhanceLogic(ScriptedLoadableModuleLogic):
         """(one-line description, warning or '') from the model card, without loading torch."""
         if path is None or str(path) in ("", "."):
             return _("No model selected."), ""
-        from MVCTEnhanceLib.errors import MVCTEnhanceError
-        from MVCTEnhanceLib.modelfile import read_card
+        from MVCTEnhanceLib.engine.errors import MVCTEnhanceError
+        from MVCTEnhanceLib.engine.modelfile import read_card
 
         try:
             card = read_card(path)
@@ -637,7 +637,7 @@ class MVCTEnhanceTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Test passed")
 
     def test_cancelLeavesSceneUnchanged(self):
-        from MVCTEnhanceLib.errors import EnhanceCancelled
+        from MVCTEnhanceLib.engine.errors import EnhanceCancelled
 
         mvct, _planning = self._loadSample()
         ids = sorted(slicer.mrmlScene.GetNthNode(i).GetID() for i in range(slicer.mrmlScene.GetNumberOfNodes()))
@@ -647,7 +647,7 @@ class MVCTEnhanceTest(ScriptedLoadableModuleTest):
         self.assertEqual(ids, after)
 
     def test_badInput(self):
-        from MVCTEnhanceLib.errors import InputError, ModelError
+        from MVCTEnhanceLib.engine.errors import InputError, ModelError
 
         mvct, _planning = self._loadSample()
         logic = MVCTEnhanceLogic()

@@ -17,17 +17,17 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-from .errors import EnhanceCancelled, InputError, ModelError, MVCTEnhanceError, OutputError
-from .version import __version__
+from .engine.errors import EnhanceCancelled, InputError, ModelError, MVCTEnhanceError, OutputError
+from .engine.version import __version__
 
 _LAZY = {
-    "Volume": "volume", "read_volume": "volume", "write_volume": "volume",
-    "load_model": "modelfile", "save_model": "modelfile", "read_card": "modelfile", "LoadedModel": "modelfile",
-    "ModelCard": "modelcard",
-    "enhance": "inference", "EnhanceResult": "inference", "check_domain": "inference",
-    "assess": "metrics", "dig_map": "metrics", "nselfssim_map": "metrics", "body_mask": "metrics",
-    "summarize": "metrics",
-    "enhance_file": "pipeline", "metrics_file": "pipeline",
+    "Volume": "engine.volume", "read_volume": "engine.volume", "write_volume": "engine.volume",
+    "load_model": "engine.modelfile", "save_model": "engine.modelfile", "read_card": "engine.modelfile", "LoadedModel": "engine.modelfile",
+    "ModelCard": "engine.modelcard",
+    "enhance": "engine.inference", "EnhanceResult": "engine.inference", "check_domain": "engine.inference",
+    "assess": "engine.metrics", "dig_map": "engine.metrics", "nselfssim_map": "engine.metrics", "body_mask": "engine.metrics",
+    "summarize": "engine.metrics",
+    "enhance_file": "filejobs", "metrics_file": "filejobs",
 }
 
 __all__ = sorted(_LAZY) + ["MVCTEnhanceError", "InputError", "OutputError", "ModelError", "EnhanceCancelled",

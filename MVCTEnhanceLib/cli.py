@@ -13,8 +13,8 @@ import sys
 import traceback
 from typing import Any, Callable, Sequence
 
-from .errors import MVCTEnhanceError
-from .version import __version__
+from .engine.errors import MVCTEnhanceError
+from .engine.version import __version__
 
 PROG = "mvct-enhance"
 EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -117,7 +117,7 @@ def _add_enhance(sub: Any) -> None:
 
 
 def _cmd_enhance(args: argparse.Namespace) -> int:
-    from .pipeline import enhance_file, output_paths_for_dir
+    from .filejobs import enhance_file, output_paths_for_dir
 
     if (args.input is None) == (args.input_option is None):
         raise MVCTEnhanceError("give the input once: as INPUT or as --input INPUT")
@@ -183,7 +183,7 @@ def _add_metrics(sub: Any) -> None:
 
 
 def _cmd_metrics(args: argparse.Namespace) -> int:
-    from .pipeline import metrics_file
+    from .filejobs import metrics_file
 
     bars = _StageBars()
     try:
@@ -214,7 +214,7 @@ def _add_info(sub: Any) -> None:
 def _cmd_info(args: argparse.Namespace) -> int:
     import json
 
-    from .pipeline import model_info
+    from .filejobs import model_info
 
     info = model_info(args.model)
     if args.json:
@@ -239,7 +239,7 @@ def _pair(text: str) -> tuple[float, float]:
 
 
 def _add_train(sub: Any) -> None:
-    from .presets import LR_SCHEDULES, PRESETS
+    from .training.options import LR_SCHEDULES, PRESETS
 
     p = sub.add_parser("train", help="train the extended CycleGAN on unpaired MVCT and kV-CT volumes",
                        description="Train (or --resume) a run: Enc/Dec per domain with a shared latent, PatchGAN "
@@ -314,7 +314,7 @@ _TRAIN_OPTIONS = ("mv", "kv", "hu_window", "pixel_spacing_mm", "crop_size", "aug
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .train import TrainingInterrupted, make_config, train
+    from .training.trainer import TrainingInterrupted, make_config, train
 
     config = make_config(args.output, resume=args.resume, data=args.data,
                          **{k: getattr(args, k) for k in _TRAIN_OPTIONS})
@@ -346,8 +346,8 @@ def _add_export(sub: Any) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .export import export_run, read_card_extra
-    from .modelcard import iterations_text
+    from .training.export import export_run, read_card_extra
+    from .engine.modelcard import iterations_text
 
     extra = read_card_extra(args.card_extra) if args.card_extra else None
     exported = export_run(args.run, args.output, overwrite=args.overwrite, name=args.name,
@@ -381,7 +381,7 @@ def _add_simulate(sub: Any) -> None:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from .simulate import simulate_file
+    from .synth.simulate import simulate_file
 
     bars = _StageBars()
     try:
@@ -421,7 +421,7 @@ def _add_make_dataset(sub: Any) -> None:
 
 
 def _cmd_make_dataset(args: argparse.Namespace) -> int:
-    from .datasets import make_dataset, write_sample
+    from .synth.make_dataset import make_dataset, write_sample
 
     if args.sample:
         seed = 7 if args.seed is None else args.seed  # 7: the shipped sample's patient
@@ -508,8 +508,8 @@ def _add_evaluate(sub: Any) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .errors import InputError
-    from .evaluate import evaluate
+    from .engine.errors import InputError
+    from .study.evaluate import evaluate
 
     notes = []
     for f in args.notes:
@@ -573,7 +573,7 @@ def _add_study_datasize(sub: Any) -> None:
 
 
 def _cmd_study_datasize(args: argparse.Namespace) -> int:
-    from .evaluate import study_datasize
+    from .study.evaluate import study_datasize
 
     record = study_datasize(args.data, args.output, sizes=args.sizes, presets=args.presets,
                             iterations=args.iterations, crop_size=args.crop_size, ngf=args.ngf, ndf=args.ndf,

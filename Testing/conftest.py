@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from MVCTEnhanceLib.tinymodel import write_tiny_model
-from MVCTEnhanceLib.volume import Volume
+from MVCTEnhanceLib.training.tinymodel import write_tiny_model
+from MVCTEnhanceLib.engine.volume import Volume
 
 # A rotated (non-axial) direction: 20 degrees about x, then 10 about z; columns are i, j, k.
 _a, _b = np.deg2rad(20.0), np.deg2rad(10.0)

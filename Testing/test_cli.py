@@ -13,7 +13,7 @@ import SimpleITK as sitk
 
 from conftest import ROTATED_DIRECTION, phantom_array
 from MVCTEnhanceLib.cli import main
-from MVCTEnhanceLib.volume import Volume, read_volume, write_volume
+from MVCTEnhanceLib.engine.volume import Volume, read_volume, write_volume
 
 
 @pytest.fixture

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from MVCTEnhanceLib import datasets as D
-from MVCTEnhanceLib.errors import InputError, OutputError
-from MVCTEnhanceLib.phantoms import phantom_slice
-from MVCTEnhanceLib.volume import Volume, read_volume, write_volume
+from MVCTEnhanceLib.synth import make_dataset as D
+from MVCTEnhanceLib.engine.errors import InputError, OutputError
+from MVCTEnhanceLib.synth.phantoms import phantom_slice
+from MVCTEnhanceLib.engine.volume import Volume, read_volume, write_volume
 
 SAMPLE = Path(__file__).resolve().parents[1] / "Resources" / "sample"
 
@@ -152,7 +152,7 @@ def test_loader_yields_windowed_crops_of_body(dataset):
 
 
 def test_loader_window_mapping_matches_the_model_card_convention(tmp_path):
-    from MVCTEnhanceLib.modelcard import ModelCard
+    from MVCTEnhanceLib.engine.modelcard import ModelCard
 
     arr = np.full((1, 64, 64), -1000.0, np.float32)
     arr[0, 4:60, 4:60] = 0.0  # a body ring keeps the crop centred on the image
@@ -279,7 +279,7 @@ def test_cli_make_dataset_and_sample(tmp_path, capsys):
 
 def test_shipped_mvct_is_the_simulation_of_the_shipped_planning_ct():
     """The sample is reproducible from the code: re-simulating its first slices gives the same voxels."""
-    from MVCTEnhanceLib.simulate import SimulatorSettings, simulate
+    from MVCTEnhanceLib.synth.simulate import SimulatorSettings, simulate
 
     meta = json.loads((SAMPLE / "sample.json").read_text())
     kv = read_volume(SAMPLE / "sample_planning_ct.nrrd")
@@ -295,8 +295,8 @@ def test_shipped_mvct_is_the_simulation_of_the_shipped_planning_ct():
 
 
 def test_json_files_that_are_not_objects_give_input_errors(tmp_path):
-    from MVCTEnhanceLib.export import read_card_extra
-    from MVCTEnhanceLib.train import load_run_config
+    from MVCTEnhanceLib.training.export import read_card_extra
+    from MVCTEnhanceLib.training.trainer import load_run_config
 
     (tmp_path / "manifest.json").write_text("[1, 2]")
     with pytest.raises(InputError, match="dataset manifest .* must hold a JSON object, not list"):

@@ -12,11 +12,11 @@ import pytest
 
 from conftest import phantom_array
 from MVCTEnhanceLib import cli
-from MVCTEnhanceLib.errors import InputError, OutputError
-from MVCTEnhanceLib.evaluate import (Case, evaluate, find_cases, parse_methods, study_datasize,
+from MVCTEnhanceLib.engine.errors import InputError, OutputError
+from MVCTEnhanceLib.study.evaluate import (Case, evaluate, find_cases, parse_methods, study_datasize,
                                      write_datasize_outputs)
-from MVCTEnhanceLib.tinymodel import write_tiny_model
-from MVCTEnhanceLib.volume import Volume, write_volume
+from MVCTEnhanceLib.training.tinymodel import write_tiny_model
+from MVCTEnhanceLib.engine.volume import Volume, write_volume
 
 SPACING = (1.0, 1.0, 3.0)
 
@@ -103,7 +103,7 @@ def test_report_files_and_rows(report):
 def test_rerender_adds_the_discussion_without_recomputing(report, tmp_path):
     import shutil
 
-    from MVCTEnhanceLib.report import rerender
+    from MVCTEnhanceLib.study.report import rerender
 
     out = tmp_path / "copy"
     shutil.copytree(report[0], out)
@@ -274,8 +274,8 @@ def test_case_dataclass_is_hashable():
 def test_trend_mark_is_qualified_when_the_method_itself_is_worse():
     """A method worse than the control in every case must not get a plain dagger, even where the
     step-down trend test rejects at its step through the better groups ordered before it."""
-    from MVCTEnhanceLib.evaluate import Method
-    from MVCTEnhanceLib.report import _mark, statistics
+    from MVCTEnhanceLib.study.evaluate import Method
+    from MVCTEnhanceLib.study.report import _mark, statistics
 
     rng = np.random.default_rng(0)
     values = {"ctrl": 0.9, "g1": 0.5, "g2": 0.52, "g3": 0.54, "g4": 0.95}  # g4 worse than the control

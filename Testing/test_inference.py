@@ -8,11 +8,11 @@ import torch
 from torch import nn
 
 from conftest import ROTATED_DIRECTION, phantom_array
-from MVCTEnhanceLib.errors import EnhanceCancelled, InputError
-from MVCTEnhanceLib.inference import enhance
-from MVCTEnhanceLib.modelfile import load_model, save_model
-from MVCTEnhanceLib.tinymodel import tiny_card
-from MVCTEnhanceLib.volume import Volume
+from MVCTEnhanceLib.engine.errors import EnhanceCancelled, InputError
+from MVCTEnhanceLib.engine.inference import enhance
+from MVCTEnhanceLib.engine.modelfile import load_model, save_model
+from MVCTEnhanceLib.training.tinymodel import tiny_card
+from MVCTEnhanceLib.engine.volume import Volume
 
 
 class Constant(nn.Module):

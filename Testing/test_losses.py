@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from MVCTEnhanceLib import losses as L
-from MVCTEnhanceLib.errors import InputError
-from MVCTEnhanceLib.features import FilterBankPhi, VGGConv12, build_phi, load_vgg_conv12
-from MVCTEnhanceLib.networks import build_generator
+from MVCTEnhanceLib.training import losses as L
+from MVCTEnhanceLib.engine.errors import InputError
+from MVCTEnhanceLib.training.features import FilterBankPhi, VGGConv12, build_phi, load_vgg_conv12
+from MVCTEnhanceLib.training.networks import build_generator
 
 
 def t(values) -> torch.Tensor:

@@ -11,9 +11,9 @@ import pytest
 from skimage.metrics import structural_similarity
 
 from conftest import ROTATED_DIRECTION, phantom_array
-from MVCTEnhanceLib import metrics
-from MVCTEnhanceLib.errors import EnhanceCancelled, InputError
-from MVCTEnhanceLib.volume import Volume
+from MVCTEnhanceLib.engine import metrics
+from MVCTEnhanceLib.engine.errors import EnhanceCancelled, InputError
+from MVCTEnhanceLib.engine.volume import Volume
 
 # Head-foot (LPS z) along ITK i, i.e. numpy axis 2 (a sagittal-like grid): columns of the matrix are i, j, k.
 SAGITTAL_DIRECTION = (0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0)

@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from MVCTEnhanceLib.errors import ModelError
-from MVCTEnhanceLib.modelcard import ModelCard
-from MVCTEnhanceLib.modelfile import _quiet_jit, load_model, read_card, save_model
-from MVCTEnhanceLib.tinymodel import build_tiny_generator, tiny_card
+from MVCTEnhanceLib.engine.errors import ModelError
+from MVCTEnhanceLib.engine.modelcard import ModelCard
+from MVCTEnhanceLib.engine.modelfile import _quiet_jit, load_model, read_card, save_model
+from MVCTEnhanceLib.training.tinymodel import build_tiny_generator, tiny_card
 
 
 class HalfSize(nn.Module):

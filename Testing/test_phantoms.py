@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from MVCTEnhanceLib import augment, phantoms, realct
+from MVCTEnhanceLib.synth import augment
+from MVCTEnhanceLib.synth import phantoms
+from MVCTEnhanceLib.synth import realct
 
 
 def _body(img):

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from MVCTEnhanceLib import simulate as S
-from MVCTEnhanceLib.errors import InputError
-from MVCTEnhanceLib.volume import Volume
+from MVCTEnhanceLib.synth import simulate as S
+from MVCTEnhanceLib.engine.errors import InputError
+from MVCTEnhanceLib.engine.volume import Volume
 
 N = 256
 C = (np.arange(N) - (N - 1) / 2) * 1.0
@@ -211,7 +211,7 @@ def test_bad_arguments_are_input_errors():
 
 def test_cli_simulate_writes_same_geometry_and_refuses_overwrite(tmp_path, capsys):
     from MVCTEnhanceLib.cli import main
-    from MVCTEnhanceLib.volume import read_volume, write_volume
+    from MVCTEnhanceLib.engine.volume import read_volume, write_volume
 
     vol = _small_volume()
     src = tmp_path / "kv.nrrd"

@@ -20,12 +20,12 @@ from vtk.util import numpy_support
 import slicer
 
 from conftest import ROTATED_DIRECTION, phantom_array
-from MVCTEnhanceLib.errors import EnhanceCancelled, InputError, ModelError
-from MVCTEnhanceLib.inference import enhance
-from MVCTEnhanceLib.metrics import assess
-from MVCTEnhanceLib.modelfile import file_sha256
-from MVCTEnhanceLib.version import __version__ as ENGINE_VERSION
-from MVCTEnhanceLib.volume import Volume, write_volume
+from MVCTEnhanceLib.engine.errors import EnhanceCancelled, InputError, ModelError
+from MVCTEnhanceLib.engine.inference import enhance
+from MVCTEnhanceLib.engine.metrics import assess
+from MVCTEnhanceLib.engine.modelfile import file_sha256
+from MVCTEnhanceLib.engine.version import __version__ as ENGINE_VERSION
+from MVCTEnhanceLib.engine.volume import Volume, write_volume
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "MVCTEnhance"))

@@ -10,8 +10,8 @@ import math
 import numpy as np
 import pytest
 
-from MVCTEnhanceLib.errors import InputError, MVCTEnhanceError
-from MVCTEnhanceLib.stats import (DAGGER, bootstrap_mean_ci, cohens_dz, friedman, rank_biserial_paired,
+from MVCTEnhanceLib.engine.errors import InputError, MVCTEnhanceError
+from MVCTEnhanceLib.study.stats import (DAGGER, bootstrap_mean_ci, cohens_dz, friedman, rank_biserial_paired,
                                   shirley_williams, shirley_williams_independent,
                                   williams_critical_value, williams_sf)
 

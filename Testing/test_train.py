@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from conftest import phantom_array
-from MVCTEnhanceLib.errors import InputError, OutputError
-from MVCTEnhanceLib.export import export_run, generator_from_run
-from MVCTEnhanceLib.modelfile import load_model
-from MVCTEnhanceLib.volume import Volume, write_volume
-from MVCTEnhanceLib.train import (CHECKPOINT_NAME, PRESETS, TrainConfig, TrainingInterrupted, _Trainer, lr_factor,
+from MVCTEnhanceLib.engine.errors import InputError, OutputError
+from MVCTEnhanceLib.training.export import export_run, generator_from_run
+from MVCTEnhanceLib.engine.modelfile import load_model
+from MVCTEnhanceLib.engine.volume import Volume, write_volume
+from MVCTEnhanceLib.training.trainer import (CHECKPOINT_NAME, PRESETS, TrainConfig, TrainingInterrupted, _Trainer, lr_factor,
                                   read_loss_csv, train)
 
 HU_WINDOW = (-1000.0, 1000.0)
@@ -160,8 +160,8 @@ def test_stop_after_then_resume_and_init_from(straight_run, tmp_path):
     assert info["iterations_total"] == 12
     train(tiny_config(tmp_path / "third", init_from=str(tmp_path / "finetune"), iterations=2), **data())
     assert json.loads((tmp_path / "third" / "run.json").read_text())["iterations_total"] == 14
-    from MVCTEnhanceLib.export import build_card
-    from MVCTEnhanceLib.train import lineage_iterations
+    from MVCTEnhanceLib.training.export import build_card
+    from MVCTEnhanceLib.training.trainer import lineage_iterations
 
     assert build_card(tmp_path / "third", 2).extra["training"]["iterations_total"] == 14
     assert lineage_iterations(straight_run / CHECKPOINT_NAME, 6) == 6
@@ -221,7 +221,7 @@ def test_export_round_trips_the_card(learning_run, tmp_path):
 def test_damaged_or_foreign_checkpoints_are_refused(learning_run, tmp_path):
     import shutil
 
-    from MVCTEnhanceLib.train import read_checkpoint
+    from MVCTEnhanceLib.training.trainer import read_checkpoint
 
     run = tmp_path / "run"
     shutil.copytree(learning_run, run)
@@ -374,7 +374,7 @@ def test_ddp_two_cpu_processes_end_with_identical_weights(tmp_path):
         assert all(torch.equal(r0[net][k], r1[net][k]) for k in r0[net]), net
     # the weights moved from their (seeded, shared) initial values
     torch.manual_seed(0)
-    from MVCTEnhanceLib.train import Translators
+    from MVCTEnhanceLib.training.trainer import Translators
     init = Translators(4, 1, 1).state_dict()
     assert any(not torch.equal(init[k], r0["G"][k]) for k in init)
     # each rank saw its own shard: 6 slices / 2 ranks = 3 batches per epoch, 3 iterations = one epoch

@@ -9,8 +9,8 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import ROTATED_DIRECTION, phantom_array
-from MVCTEnhanceLib.errors import InputError, OutputError
-from MVCTEnhanceLib.volume import Volume, axial_axis, read_volume, validate_voxels, write_volume
+from MVCTEnhanceLib.engine.errors import InputError, OutputError
+from MVCTEnhanceLib.engine.volume import Volume, axial_axis, read_volume, validate_voxels, write_volume
 
 FORMATS = [".nrrd", ".nii", ".nii.gz", ".mha", ".mhd"]
 

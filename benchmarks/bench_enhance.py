@@ -41,19 +41,19 @@ def make_volume(n: int, size: int) -> np.ndarray:
 def run_variant(variant: str, n: int, size: int, batch_size: int, model_path: str, out_path: str) -> dict:
     import torch
 
-    from MVCTEnhanceLib.modelfile import load_model
-    from MVCTEnhanceLib.volume import Volume
+    from MVCTEnhanceLib.engine.modelfile import load_model
+    from MVCTEnhanceLib.engine.volume import Volume
 
     loaded = load_model(model_path)
     vol = Volume(make_volume(n, size), spacing=(1.0, 1.0, 3.0))
     t0 = time.perf_counter()
     if variant == "engine":
-        from MVCTEnhanceLib.inference import enhance
+        from MVCTEnhanceLib.engine.inference import enhance
 
         out = enhance(vol, loaded, batch_size=batch_size, device="cpu").volume.array
     else:
         # What a first script usually looks like: eager module, normalise the whole volume, one slice at a time.
-        from MVCTEnhanceLib.networks import build_generator
+        from MVCTEnhanceLib.training.networks import build_generator
 
         eager = build_generator(seed=0).eval()
         lo, hi = loaded.card.hu_window
@@ -88,9 +88,9 @@ def main() -> None:
 
     import torch
 
-    from MVCTEnhanceLib.modelfile import save_model
-    from MVCTEnhanceLib.networks import build_generator
-    from MVCTEnhanceLib.tinymodel import tiny_card
+    from MVCTEnhanceLib.engine.modelfile import save_model
+    from MVCTEnhanceLib.training.networks import build_generator
+    from MVCTEnhanceLib.training.tinymodel import tiny_card
 
     with tempfile.TemporaryDirectory() as tmp:
         model = os.path.join(tmp, "ngf32.pt")

@@ -61,8 +61,8 @@ def child(what: str, slices: int, device: str) -> None:
     The peak is the process's high-water mark, which may predate the operation (building the input);
     'increase' is therefore an upper bound of what the operation itself needs beyond its input.
     """
-    from MVCTEnhanceLib import metrics
-    from MVCTEnhanceLib.volume import Volume
+    from MVCTEnhanceLib.engine import metrics
+    from MVCTEnhanceLib.engine.volume import Volume
 
     vol = Volume(synthetic_ct(slices), spacing=(0.98, 0.98, 2.0))
     other = vol.with_array(vol.array + 25.0) if what == "dig" else None
@@ -83,9 +83,9 @@ def per_slice_ssim(n: int, device: str) -> None:
     import torch
     from skimage.metrics import structural_similarity
 
-    from MVCTEnhanceLib import metrics
-    from MVCTEnhanceLib.device import resolve_device
-    from MVCTEnhanceLib.volume import Volume
+    from MVCTEnhanceLib.engine import metrics
+    from MVCTEnhanceLib.engine.device import resolve_device
+    from MVCTEnhanceLib.engine.volume import Volume
 
     img = synthetic_ct(n)
     vol = Volume(img)

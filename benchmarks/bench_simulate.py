@@ -22,7 +22,7 @@ import numpy as np
 def physics_table(n_seeds: int) -> dict:
     """Water noise and tissue HU (kV -> simulated MV) on a 200 mm water cylinder with 30 mm inserts,
     256 x 256 at 1 mm, default settings (30 HU): noise-free and mean over ``n_seeds`` noisy runs."""
-    from MVCTEnhanceLib.simulate import SimulatorSettings, kv_to_mv_hu, simulate_slice
+    from MVCTEnhanceLib.synth.simulate import SimulatorSettings, kv_to_mv_hu, simulate_slice
 
     n = 256
     c = np.arange(n) - (n - 1) / 2
@@ -63,8 +63,8 @@ def main() -> None:
         print(json.dumps(physics_table(args.seeds), indent=1))
         return
 
-    from MVCTEnhanceLib.phantoms import phantom_slice
-    from MVCTEnhanceLib.simulate import SIM_THREADS, SimulatorSettings, simulate_slice
+    from MVCTEnhanceLib.synth.phantoms import phantom_slice
+    from MVCTEnhanceLib.synth.simulate import SIM_THREADS, SimulatorSettings, simulate_slice
 
     settings = SimulatorSettings()
     spacing = 256.0 / args.size

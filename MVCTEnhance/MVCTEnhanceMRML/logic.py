@@ -2,8 +2,8 @@
 
     outputs = enhanceVolumeNode(scene, mvctNode, modelPath, planningNode=ctNode)
 
-reads the MVCT node (never writes it), converts it with ``MVCTEnhanceLib.inference.enhance``,
-computes the quality maps with ``MVCTEnhanceLib.metrics.assess`` and only then creates the new
+reads the MVCT node (never writes it), converts it with ``MVCTEnhanceLib.engine.inference.enhance``,
+computes the quality maps with ``MVCTEnhanceLib.engine.metrics.assess`` and only then creates the new
 nodes. A cancel or an error before that point leaves the scene exactly as it was; an error while
 creating nodes removes every node the call added.
 """
@@ -16,7 +16,7 @@ import logging
 import os
 from typing import Any, Callable
 
-from MVCTEnhanceLib.errors import EnhanceCancelled, InputError, ModelError
+from MVCTEnhanceLib.engine.errors import EnhanceCancelled, InputError, ModelError
 
 from . import display
 from .metricstable import fillTableNode, summaryRows
@@ -82,11 +82,11 @@ def enhanceVolumeNode(scene: Any, inputNode: Any, modelPath: str | os.PathLike |
     """Convert ``inputNode`` (MVCT, HU) and add the enhanced volume, quality maps and results table.
 
     ``modelPath`` is a model file (or an already loaded ``LoadedModel``). Raises
-    :class:`MVCTEnhanceLib.errors.MVCTEnhanceError` subclasses for anything the user can fix;
+    :class:`MVCTEnhanceLib.engine.errors.MVCTEnhanceError` subclasses for anything the user can fix;
     :class:`EnhanceCancelled` when ``shouldCancel()`` returned True. Either way no node is left behind.
     """
-    from MVCTEnhanceLib.inference import enhance
-    from MVCTEnhanceLib.modelfile import LoadedModel, load_model
+    from MVCTEnhanceLib.engine.inference import enhance
+    from MVCTEnhanceLib.engine.modelfile import LoadedModel, load_model
 
     if scene is None:
         raise InputError("no MRML scene given")
@@ -122,7 +122,7 @@ def enhanceVolumeNode(scene: Any, inputNode: Any, modelPath: str | os.PathLike |
                      progress=stages.callback("enhance", "Enhancing slices"), should_cancel=shouldCancel)
     assessment = planningAssessment = None
     if computeMetrics:
-        from MVCTEnhanceLib.metrics import assess
+        from MVCTEnhanceLib.engine.metrics import assess
 
         metricArgs = dict(noise_sd=float(noiseSD), window=(float(nselfssimWindow[0]), float(nselfssimWindow[1])),
                           seed=int(seed), device=device, should_cancel=shouldCancel)
@@ -199,7 +199,7 @@ def _newVolume(scene: Any, name: str, inputNode: Any, volume: Any) -> Any:
 
 
 def _annotate(node: Any, role: str, inputNode: Any, loaded: Any, warnings: list[str], parameters: dict[str, Any]) -> None:
-    from MVCTEnhanceLib.version import __version__
+    from MVCTEnhanceLib.engine.version import __version__
 
     card = loaded.card
     attributes = {

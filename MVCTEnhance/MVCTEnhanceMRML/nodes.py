@@ -16,8 +16,8 @@ import numpy as np
 import vtk
 from vtk.util import numpy_support
 
-from MVCTEnhanceLib.errors import InputError
-from MVCTEnhanceLib.volume import Volume
+from MVCTEnhanceLib.engine.errors import InputError
+from MVCTEnhanceLib.engine.volume import Volume
 
 #: Prefix of every attribute this module writes on nodes.
 ATTRIBUTE_PREFIX = "MVCTEnhance."

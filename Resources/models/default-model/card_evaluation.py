@@ -17,7 +17,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from MVCTEnhanceLib.modelfile import load_model
+from MVCTEnhanceLib.engine.modelfile import load_model
 
 ROWS = {"mvct": "mvct_input", "proposed": "converted", "kv": "kv_ground_truth"}
 

@@ -16,9 +16,12 @@ import sys
 
 import numpy as np
 
-from MVCTEnhanceLib import inference, metrics, phantoms, simulate
-from MVCTEnhanceLib.modelfile import load_model
-from MVCTEnhanceLib.volume import Volume
+from MVCTEnhanceLib.engine import inference
+from MVCTEnhanceLib.engine import metrics
+from MVCTEnhanceLib.synth import phantoms
+from MVCTEnhanceLib.synth import simulate
+from MVCTEnhanceLib.engine.modelfile import load_model
+from MVCTEnhanceLib.engine.volume import Volume
 
 N_PATIENTS = 6
 FIRST_SEED = 10_000_000

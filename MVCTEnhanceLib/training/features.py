@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import InputError
+from ..engine.errors import InputError
 
 #: ImageNet statistics torchvision's VGG16 was trained with (RGB, inputs in [0, 1]).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

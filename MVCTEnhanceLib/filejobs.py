@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import InputError, OutputError
-from .modelfile import load_model, read_card
-from .resources import default_model_path
-from .version import __version__
-from .volume import Volume, check_output_path, read_volume, write_volume
+from .engine.errors import InputError, OutputError
+from .engine.modelfile import load_model, read_card
+from .engine.resources import default_model_path
+from .engine.version import __version__
+from .engine.volume import Volume, check_output_path, read_volume, write_volume
 
 ProgressFn = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -95,8 +95,8 @@ def enhance_file(input_path: str | os.PathLike, output: str | os.PathLike | None
 
     Returns the report dictionary (also written to ``report`` when given).
     """
-    from .inference import enhance
-    from .metrics import assess
+    from .engine.inference import enhance
+    from .engine.metrics import assess
 
     t_start = time.perf_counter()
     if output is None:
@@ -137,7 +137,7 @@ def enhance_file(input_path: str | os.PathLike, output: str | os.PathLike | None
     if assessment is not None and "nselfssim" in paths:
         write_volume(assessment.nselfssim_output, paths["nselfssim"], overwrite=overwrite, inputs=inputs)
     if assessment is not None and "montage" in paths:
-        from .figures import montage_png
+        from .engine.figures import montage_png
 
         montage_png(paths["montage"], volume, result.volume, planning, assessment.dig, assessment.nselfssim_output,
                     title=f"{Path(input_path).name} with {loaded.card.name} {loaded.card.version}; not for diagnosis")
@@ -170,7 +170,7 @@ def metrics_file(image_path: str | os.PathLike, *, converted: str | os.PathLike 
                  window: tuple[float, float] = (-160.0, 240.0), seed: int = 0, device: str = "auto",
                  overwrite: bool = False, progress: ProgressFn | None = None) -> dict[str, Any]:
     """Quality maps and summaries for any CT; DIG needs the image and its conversion."""
-    from .metrics import assess
+    from .engine.metrics import assess
 
     inputs = [str(image_path)] + ([str(converted)] if converted else [])
     if dig and not converted:
@@ -199,7 +199,7 @@ def metrics_file(image_path: str | os.PathLike, *, converted: str | os.PathLike 
 
 def model_info(path: str | os.PathLike) -> dict[str, Any]:
     """The card of a model file (validated) with the file's sha256, without running the model."""
-    from .modelfile import file_sha256
+    from .engine.modelfile import file_sha256
 
     card = read_card(path)
     return {"path": str(path), "sha256": file_sha256(path), "card": card.to_dict()}

@@ -25,8 +25,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .errors import InputError
-from .volume import Volume
+from ..engine.errors import InputError
+from ..engine.volume import Volume
 
 #: Parameter grids (HU) searched on the validation case. They bracket the ~20-40 HU noise of
 #: TomoTherapy-like MVCT from well below to well above, so an optimum on a grid edge would show.
@@ -154,7 +154,7 @@ def tune_denoisers(names: Sequence[str], mvct: Volume, ground_truth: Volume, *, 
     ``ground_truth`` is the kV image on the MVCT's grid. Ties go to the weaker setting (the first
     in the grid), so a flat objective never makes a denoiser stronger than it needs to be.
     """
-    from .metrics import body_mask, mae_in_mask
+    from ..engine.metrics import body_mask, mae_in_mask
 
     t0 = time.perf_counter()
     if not mvct.same_geometry(ground_truth):

@@ -34,7 +34,7 @@ from .device import resolve_device
 from .errors import EnhanceCancelled, InputError
 from .modelcard import ModelCard
 from .modelfile import LoadedModel, load_model
-from .networks import STRIDE
+from ..training.networks import STRIDE
 from .version import __version__
 from .volume import Volume, validate_voxels
 

@@ -45,8 +45,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .errors import InputError
-from .volume import Volume, validate_voxels
+from ..engine.errors import InputError
+from ..engine.volume import Volume, validate_voxels
 
 #: (kV HU at ~70 keV, MV HU at 1 MeV) anchors; ICRU Report 44 tissues, NIST XCOM cross sections,
 #: as quoted by Ozaki, Kaji et al., Med. Phys. 49(6) 2022 (METHOD.md). Air and water by definition.
@@ -374,7 +374,7 @@ def simulate_file(kv_input: str, mv_output: str, noise_sd: float = 30.0, seed: i
     """
     import time
 
-    from .volume import check_output_path, read_volume, write_volume
+    from ..engine.volume import check_output_path, read_volume, write_volume
 
     check_output_path(mv_output, overwrite, inputs=(kv_input,))
     settings = SimulatorSettings(noise_sd=float(noise_sd), slice_thickness_mm=slice_thickness_mm)

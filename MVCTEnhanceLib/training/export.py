@@ -11,12 +11,12 @@ from typing import Any, NamedTuple
 
 import torch
 
-from .errors import InputError, OutputError
-from .jsonfile import read_json_object
-from .modelcard import ModelCard
-from .modelfile import save_model
+from ..engine.errors import InputError, OutputError
+from ..engine.files import read_json_object
+from ..engine.modelcard import ModelCard
+from ..engine.modelfile import save_model
 from .networks import STRIDE, Decoder, Encoder, Generator
-from .train import CHECKPOINT_NAME, RUN_NAME, lineage_iterations, load_run_config, read_checkpoint
+from .trainer import CHECKPOINT_NAME, RUN_NAME, lineage_iterations, load_run_config, read_checkpoint
 
 DEFAULT_INTENDED_USE = (
     "Research and positioning support: converts TomoTherapy-style MVCT slices (HU) into kV-CT-like "

@@ -34,8 +34,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .errors import InputError, OutputError
-from .volume import WRITE_EXTENSIONS, Volume, read_volume
+from ..engine.errors import InputError, OutputError
+from ..engine.volume import WRITE_EXTENSIONS, Volume, read_volume
 
 MV_SUFFIXES = ("_mvct", "_mv")
 KV_SUFFIXES = ("_planning_ct", "_kv")
@@ -232,8 +232,8 @@ def simulated_validation_case(test_set: str | os.PathLike, n_slices: int = 4,
     simulator's defaults, and stacked into one volume. Grid size and pixel spacing are the first
     test case's.
     """
-    from .phantoms import phantom_slice
-    from .simulate import SimulatorSettings, simulate
+    from ..synth.phantoms import phantom_slice
+    from ..synth.simulate import SimulatorSettings, simulate
 
     manifest, mpath = _manifest_of(Path(test_set))
     used = _used_seeds(manifest) if manifest else set()
@@ -329,7 +329,7 @@ def _produce(method: Method, lc: LoadedCase, settings: dict[str, float], models:
 
         out = denoise(lc.mvct, method.name, settings[method.name])
     else:
-        from .inference import enhance
+        from ..engine.inference import enhance
 
         out = enhance(lc.mvct, models[method.name], device=device).volume
     return out, time.perf_counter() - t0
@@ -338,7 +338,7 @@ def _produce(method: Method, lc: LoadedCase, settings: dict[str, float], models:
 def _case_rows(lc: LoadedCase, methods: Sequence[Method], settings: dict[str, float], models: dict[str, Any],
                ms: MetricSettings, keep: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Metric rows of one case; with ``keep`` also its images and maps (for the figures)."""
-    from .metrics import assess, body_mask, mae_in_mask, psnr_synthrad, ssim_synthrad
+    from ..engine.metrics import assess, body_mask, mae_in_mask, psnr_synthrad, ssim_synthrad
 
     mask = body_mask(lc.mvct)
     if not mask.any():
@@ -435,7 +435,7 @@ def evaluate(test_set: str | os.PathLike, methods: Sequence[str] | Sequence[Meth
     :func:`report.default_dig_pairs`). Returns the evaluation record (also in evaluation.json).
     """
     from . import report
-    from .modelfile import load_model
+    from ..engine.modelfile import load_model
 
     say = progress or (lambda _msg: None)
     t_start = time.perf_counter()
@@ -507,7 +507,7 @@ def evaluate(test_set: str | os.PathLike, methods: Sequence[str] | Sequence[Meth
                                  dig_pairs=dig_pairs)
     record["seconds"] = time.perf_counter() - t_start
     record["files"] = {k: str(v) for k, v in files.items()}
-    from .pipeline import write_json
+    from ..filejobs import write_json
 
     write_json(json_safe(record), out / "evaluation.json")
     return record
@@ -577,9 +577,9 @@ def study_datasize(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
     study cut short). Writes datasize.csv (per case), datasize_summary.csv, datasize.png, datasize.md
     and datasize.json.
     """
-    from .datasets import SliceDataset
-    from .export import export_run
-    from .train import PRESETS, TrainConfig, load_run_config, train
+    from ..synth.make_dataset import SliceDataset
+    from ..training.export import export_run
+    from ..training.trainer import PRESETS, TrainConfig, load_run_config, train
 
     say = progress or (lambda _msg: None)
     data = Path(data_dir)
@@ -672,7 +672,7 @@ def study_datasize(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
                                         "not for use on images.")
             train_s = time.perf_counter() - t0
             say(f"evaluating {tag}")
-            from .modelfile import load_model
+            from ..engine.modelfile import load_model
 
             model = {tag: load_model(model_path)}
             method = Method(tag, "model", model_path)
@@ -692,7 +692,7 @@ def study_datasize(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
               "metric_settings": {"noise_sd": ms.noise_sd, "window": list(ms.window), "seed": ms.seed},
               "reference": reference, "runs": runs, "skipped": skipped, "command": command}
     record["summary"] = write_datasize_outputs(out, rows, record)
-    from .pipeline import write_json
+    from ..filejobs import write_json
 
     write_json(json_safe(record), out / "datasize.json")
     return record

@@ -17,9 +17,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import InputError
-from .jsonfile import read_json_object
-from .modelcard import iterations_text
+from ..engine.errors import InputError
+from ..engine.files import read_json_object
+from ..engine.modelcard import iterations_text
 
 #: Talk's NSelfSSIM table (head and neck; S. Ozaki, ISCO 2023), for the side-by-side comparison.
 TALK_NSELFSSIM = {"mvct": (0.9024, 0.0106), "proposed": (0.7079, 0.0794), "kv": (0.7263, 0.0825)}
@@ -268,7 +268,7 @@ def _stats_lines(st: dict[str, Any]) -> list[str]:
 
 def markdown(record: dict[str, Any], summary, st, methods, figures: dict[str, Path]) -> str:
     from .evaluate import METRIC_INFO
-    from .version import __version__
+    from ..engine.version import __version__
 
     n_cases = len(record["cases"])
     L: list[str] = [f"# {record['title']}", ""]
@@ -420,7 +420,7 @@ def pick_slice(mask: np.ndarray, axis: int) -> int:
 
 
 def _slice_of(volume, index: int, ref) -> np.ndarray:
-    from .figures import axial_slice, nearest_slice, slice_centre_lps
+    from ..engine.figures import axial_slice, nearest_slice, slice_centre_lps
 
     if volume.same_geometry(ref) or volume.array.shape == ref.array.shape:
         return axial_slice(volume, index)
@@ -429,7 +429,7 @@ def _slice_of(volume, index: int, ref) -> np.ndarray:
 
 def montage_png(path: Path, lc, kept, methods, index: int) -> Path:
     """Every method's image of one slice side by side, in one display window."""
-    from .figures import DISPLAY_WINDOW
+    from ..engine.figures import DISPLAY_WINDOW
 
     plt = _plt()
     panels = []
@@ -459,7 +459,7 @@ def maps_png(path: Path, lc, kept, methods, index: int) -> Path | None:
     """DIG (top row, shared logarithmic scale) and NSelfSSIM (bottom row) of one slice, one column per method."""
     from matplotlib.colors import LogNorm
 
-    from .figures import axial_slice
+    from ..engine.figures import axial_slice
 
     plt = _plt()
     names = [m.name for m in methods if kept["nselfssim"].get(m.name) is not None]

@@ -46,11 +46,11 @@ import torch
 from torch import nn
 
 from . import losses as L
-from .errors import EnhanceCancelled, InputError, OutputError
-from .jsonfile import read_json_object
+from ..engine.errors import EnhanceCancelled, InputError, OutputError
+from ..engine.files import read_json_object
 from .features import build_phi
 from .networks import STRIDE, Decoder, Encoder, Generator, PatchDiscriminator
-from .presets import LOSS_NAMES, LR_SCHEDULES, PRESETS
+from .options import LOSS_NAMES, LR_SCHEDULES, PRESETS
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = "mvctenhance-train-checkpoint"
@@ -279,7 +279,7 @@ def make_config(out_dir: str | os.PathLike, *, resume: bool = False, data: str |
 
 def sources_from_dataset(folder: str | os.PathLike) -> tuple[list[str], list[str]]:
     """([train_mv folder], [train_kv folder]) of a make-dataset folder (checked against its manifest)."""
-    from .datasets import read_manifest
+    from ..synth.make_dataset import read_manifest
 
     root = Path(folder)
     read_manifest(root)
@@ -423,7 +423,7 @@ def _open_domain(name: str, paths: list[str], config: TrainConfig, seed: int) ->
     for p in paths:
         if not Path(p).exists():
             raise InputError(f"{name} training data '{p}' does not exist")
-    from . import datasets
+    from ..synth import make_dataset as datasets
 
     sources = datasets.list_volume_sources([Path(p) for p in paths])
     if not sources:
@@ -534,7 +534,7 @@ def _dist_setup(config: TrainConfig) -> tuple[int, int, bool]:
 
 
 def _pick_device(config: TrainConfig, world: int) -> torch.device:
-    from .device import resolve_device
+    from ..engine.device import resolve_device
 
     device = resolve_device(config.device)
     if device.type == "cuda" and world > 1 and device.index is None:

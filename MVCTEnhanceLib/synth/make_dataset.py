@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from .errors import InputError, OutputError
-from .jsonfile import read_json_object
-from .volume import WRITE_EXTENSIONS, Volume, read_volume, write_volume
+from ..engine.errors import InputError, OutputError
+from ..engine.files import read_json_object
+from ..engine.volume import WRITE_EXTENSIONS, Volume, read_volume, write_volume
 
 BODY_THRESHOLD_HU = -400.0
 _VOLUME_SUFFIXES = tuple(e for e in WRITE_EXTENSIONS)  # .dcm files are grouped into series folders
@@ -371,8 +371,8 @@ def write_sample(outdir: str | os.PathLike, seed: int = 7, overwrite: bool = Fal
     write_volume(kv, paths["planning_ct"], dtype="int16", overwrite=overwrite)
     write_volume(mv, paths["mvct"], dtype="int16", overwrite=overwrite)
     info["files"] = {k: v.name for k, v in paths.items()}
-    info["note"] = ("Synthetic head-and-neck patient (MVCTEnhanceLib.phantoms) and its simulated MVCT "
-                    "(MVCTEnhanceLib.simulate); same grid, same anatomy. Not patient data.")
+    info["note"] = ("Synthetic head-and-neck patient (MVCTEnhanceLib.synth.phantoms) and its simulated MVCT "
+                    "(MVCTEnhanceLib.synth.simulate); same grid, same anatomy. Not patient data.")
     meta = out / "sample.json"
     tmp = meta.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(info, indent=2))
@@ -436,7 +436,9 @@ def make_dataset(outdir: str | os.PathLike, seed: int = 0, n_train_kv: int = 300
     split between training and test. The folder is built beside ``outdir`` and moved into place
     when complete. Returns the manifest (also written as manifest.json).
     """
-    from . import augment, phantoms, realct
+    from . import augment
+    from . import phantoms
+    from . import realct
     from .simulate import SimulatorSettings, simulate
 
     for name, n in (("n_train_kv", n_train_kv), ("n_train_mv", n_train_mv), ("n_test", n_test)):
@@ -515,7 +517,7 @@ def make_dataset(outdir: str | os.PathLike, seed: int = 0, n_train_kv: int = 300
         manifest = {
             "schema": DATASET_SCHEMA,
             "schema_version": DATASET_SCHEMA_VERSION,
-            "created_by": "MVCTEnhanceLib.datasets.make_dataset",
+            "created_by": "MVCTEnhanceLib.synth.make_dataset.make_dataset",
             "parameters": {"seed": int(seed), "n_train_kv": n_train_kv, "n_train_mv": n_train_mv,
                            "n_test_phantom": n_test, "real_augmentations": real_augmentations,
                            "size": size, "spacing_mm": spacing_mm, "noise_sd": noise_sd},
@@ -615,7 +617,9 @@ def write_montage(path: str | os.PathLike, seed: int = 0, noise_sd: float = 30.0
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from . import phantoms, realct
+    from . import phantoms
+
+    from . import realct
     from .simulate import SimulatorSettings, simulate_slice
 
     p = Path(path)

@@ -12,8 +12,8 @@ import os
 import torch
 from torch import nn
 
-from .modelcard import ModelCard
-from .modelfile import save_model
+from ..engine.modelcard import ModelCard
+from ..engine.modelfile import save_model
 from .networks import build_generator
 
 TINY_NAME = "mvctenhance-tiny-test"

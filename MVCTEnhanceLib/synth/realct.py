@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from .errors import InputError
+from ..engine.errors import InputError
 
 AIR = -1000.0
 

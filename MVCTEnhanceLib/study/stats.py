@@ -86,7 +86,7 @@ import numpy as np
 from scipy import stats as _st
 from scipy.optimize import brentq
 
-from .errors import InputError
+from ..engine.errors import InputError
 
 DAGGER = "\u2020"
 _ALTERNATIVES = ("greater", "less", "two-sided")
