@@ -73,12 +73,26 @@ def _positive_float(text: str) -> float:
 
 
 def _add_metric_options(p: argparse.ArgumentParser) -> None:
+    from .engine.metrics import NSELFSSIM_NOISE_SD, NSELFSSIM_WINDOW
+
+    lo, hi = NSELFSSIM_WINDOW
     g = p.add_argument_group("quality metrics")
-    g.add_argument("--noise-sd", type=_positive_float, default=20.0, metavar="HU",
-                   help="NSelfSSIM: SD of the added Gaussian noise in HU (default 20)")
-    g.add_argument("--window", type=_window, default=(-160.0, 240.0), metavar="LOW,HIGH",
-                   help="NSelfSSIM: HU window clipped to before SSIM; its width is the data range (default -160,240)")
+    g.add_argument("--noise-sd", type=_positive_float, default=NSELFSSIM_NOISE_SD, metavar="HU",
+                   help=f"NSelfSSIM: SD of the added Gaussian noise in HU (default {NSELFSSIM_NOISE_SD:g})")
+    g.add_argument("--window", type=_window, default=NSELFSSIM_WINDOW, metavar="LOW,HIGH",
+                   help=f"NSelfSSIM: HU window clipped to before SSIM; its width is the data range (default {lo:g},{hi:g})")
     g.add_argument("--seed", type=int, default=0, help="NSelfSSIM noise seed (default 0)")
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    """The job's settings from the parsed options (commands without an option keep its default)."""
+    from .engine.job import EnhanceSettings, MetricSettings
+
+    metrics = MetricSettings(noise_sd=args.noise_sd, window=args.window, seed=args.seed)
+    extra = {}
+    if hasattr(args, "batch_size"):
+        extra = dict(batch_size=args.batch_size, precision=args.precision, resample=not args.no_resample)
+    return EnhanceSettings(device=args.device, metrics=metrics, **extra)
 
 
 # -- enhance ---------------------------------------------------------------------------------------
@@ -135,10 +149,8 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
     try:
         report = enhance_file(args.input, outputs["output"], model=args.model, dig=outputs["dig"],
                               nselfssim=outputs["nselfssim"], report=outputs["report"], montage=outputs["montage"],
-                              planning_ct=args.planning_ct, device=args.device,
-                              batch_size=args.batch_size, precision=args.precision, resample=not args.no_resample,
-                              output_type=args.output_type, overwrite=args.overwrite, series_uid=args.series_uid,
-                              noise_sd=args.noise_sd, window=args.window, seed=args.seed, progress=bars)
+                              planning_ct=args.planning_ct, settings=_settings(args), output_type=args.output_type,
+                              overwrite=args.overwrite, series_uid=args.series_uid, progress=bars)
     finally:
         bars.close()
     _print_enhance_summary(report)
@@ -188,8 +200,7 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
     bars = _StageBars()
     try:
         report = metrics_file(args.image, converted=args.converted, dig=args.dig, nselfssim=args.nselfssim,
-                              report=args.report, noise_sd=args.noise_sd, window=args.window, seed=args.seed,
-                              device=args.device, overwrite=args.overwrite, progress=bars)
+                              report=args.report, settings=_settings(args), overwrite=args.overwrite, progress=bars)
     finally:
         bars.close()
     m = report["metrics"]

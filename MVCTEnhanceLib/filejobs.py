@@ -7,25 +7,21 @@ that was not there before, and nothing that existed is overwritten unless asked.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 from .engine.errors import InputError, OutputError
-from .engine.modelfile import load_model, read_card
+from .engine.files import write_json
+from .engine.job import EnhanceSettings, ProgressFn, geometry_dict, run_enhance
+from .engine.metrics import assess
+from .engine.modelfile import file_sha256, load_model, read_card
 from .engine.resources import default_model_path
 from .engine.version import __version__
-from .engine.volume import Volume, check_output_path, read_volume, write_volume
 
-ProgressFn = Callable[[str, int, int], None]  # (stage, done, total)
-
-
-def geometry_dict(volume: Volume) -> dict[str, Any]:
-    return {"shape": list(volume.array.shape), "spacing": list(volume.spacing), "origin": list(volume.origin),
-            "direction": list(volume.direction), "axial_axis": volume.axial_axis()}
-
+from .engine.volume import check_output_path, read_volume, write_volume
 
 def output_paths_for_dir(input_path: str | os.PathLike, output_dir: str | os.PathLike) -> dict[str, Path]:
     """Standard names in ``output_dir``: <stem>_enhanced.nrrd, _dig.nrrd, _nselfssim.nrrd, _report.json."""
@@ -38,20 +34,6 @@ def output_paths_for_dir(input_path: str | os.PathLike, output_dir: str | os.Pat
     return {"output": d / f"{name}_enhanced.nrrd", "dig": d / f"{name}_dig.nrrd",
             "nselfssim": d / f"{name}_nselfssim.nrrd", "report": d / f"{name}_report.json",
             "montage": d / f"{name}_montage.png"}
-
-
-def write_json(data: dict[str, Any], path: str | os.PathLike) -> Path:
-    p = Path(path)
-    tmp = p.with_name(f".{p.name}.partial")
-    tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
-    os.replace(tmp, p)
-    return p
-
-
-def _json_default(o: Any) -> Any:
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    return str(o)
 
 
 def _check_outputs(outputs: dict[str, str | os.PathLike | None], overwrite: bool, inputs: list[str]) -> dict[str, Path]:
@@ -85,19 +67,14 @@ def enhance_file(input_path: str | os.PathLike, output: str | os.PathLike | None
                  model: str | os.PathLike | None = None, dig: str | os.PathLike | None = None,
                  nselfssim: str | os.PathLike | None = None, report: str | os.PathLike | None = None,
                  montage: str | os.PathLike | None = None, planning_ct: str | os.PathLike | None = None,
-                 device: str = "auto", batch_size: int | None = None, precision: str = "auto", resample: bool = True,
-                 output_type: str = "float32", overwrite: bool = False, series_uid: str | None = None,
-                 noise_sd: float = 20.0, window: tuple[float, float] = (-160.0, 240.0), seed: int = 0,
-                 progress: ProgressFn | None = None, should_cancel: Callable[[], bool] | None = None) -> dict[str, Any]:
-    """Convert one MVCT file; optionally write the DIG and NSelfSSIM maps, a JSON report and a PNG
-    montage (MVCT | enhanced | planning CT | maps). A planning CT adds its NSelfSSIM to the metrics
-    (the reference the enhanced image should approach) and its nearest slice to the montage.
+                 settings: EnhanceSettings | None = None, output_type: str = "float32", overwrite: bool = False,
+                 series_uid: str | None = None, progress: ProgressFn | None = None,
+                 should_cancel: Callable[[], bool] | None = None) -> dict[str, Any]:
+    """Convert one MVCT file with :func:`engine.job.run_enhance`; optionally write the DIG and
+    NSelfSSIM maps, a JSON report and a PNG montage (MVCT | enhanced | planning CT | maps).
 
     Returns the report dictionary (also written to ``report`` when given).
     """
-    from .engine.inference import enhance
-    from .engine.metrics import assess
-
     t_start = time.perf_counter()
     if output is None:
         raise OutputError("no output path given")
@@ -107,31 +84,19 @@ def enhance_file(input_path: str | os.PathLike, output: str | os.PathLike | None
     model_path = Path(model) if model else default_model_path()
     if output_type not in ("float32", "int16"):
         raise OutputError(f"output type '{output_type}' is not supported; use float32 or int16")
+    settings = settings or EnhanceSettings()
+    if not (dig or nselfssim or report or montage):
+        settings = dataclasses.replace(settings, assess=False)
 
     volume = read_volume(input_path, series_uid=series_uid)
     planning = read_volume(planning_ct) if planning_ct else None
     loaded = load_model(model_path)
     t_loaded = time.perf_counter()
+    outcome = run_enhance(volume, loaded, planning, settings, progress, should_cancel)
+    t_computed = time.perf_counter()
 
-    def stage(name: str) -> Callable[[int, int], None] | None:
-        return (lambda done, total: progress(name, done, total)) if progress else None
-
-    result = enhance(volume, loaded, device=device, batch_size=batch_size, precision=precision, resample=resample,
-                     progress=stage("enhance"), should_cancel=should_cancel)
-    t_enhanced = time.perf_counter()
-    metrics: dict[str, Any] = {}
-    assessment = None
-    if dig or nselfssim or report or montage:
-        assessment = assess(volume, result.volume, noise_sd=noise_sd, window=window, seed=seed, device=device,
-                            progress=stage("metrics"), should_cancel=should_cancel)
-        metrics = assessment.summaries
-        if planning is not None:
-            reference = assess(planning, noise_sd=noise_sd, window=window, seed=seed, device=device,
-                               progress=stage("planning"), should_cancel=should_cancel)
-            metrics["nselfssim"]["planning_ct"] = reference.summaries["nselfssim"]["input"]
-    t_metrics = time.perf_counter()
-
-    write_volume(result.volume, paths["output"], dtype=output_type, overwrite=overwrite, inputs=inputs)
+    assessment = outcome.assessment
+    write_volume(outcome.result, paths["output"], dtype=output_type, overwrite=overwrite, inputs=inputs)
     if assessment is not None and "dig" in paths:
         write_volume(assessment.dig, paths["dig"], overwrite=overwrite, inputs=inputs)
     if assessment is not None and "nselfssim" in paths:
@@ -139,26 +104,18 @@ def enhance_file(input_path: str | os.PathLike, output: str | os.PathLike | None
     if assessment is not None and "montage" in paths:
         from .engine.figures import montage_png
 
-        montage_png(paths["montage"], volume, result.volume, planning, assessment.dig, assessment.nselfssim_output,
+        montage_png(paths["montage"], volume, outcome.result, planning, assessment.dig, assessment.nselfssim_output,
                     title=f"{Path(input_path).name} with {loaded.card.name} {loaded.card.version}; not for diagnosis")
     t_written = time.perf_counter()
 
-    data = {
-        "engine_version": __version__,
-        "input": {"path": str(input_path), **geometry_dict(volume)},
-        "planning_ct": {"path": str(planning_ct), **geometry_dict(planning)} if planning is not None else None,
-        "outputs": {k: str(v) for k, v in paths.items()},
-        "output_type": output_type,
-        "model": {"path": str(model_path), "sha256": loaded.sha256, "card": loaded.card.to_dict()},
-        "device": result.device,
-        "parameters": result.parameters,
-        "warnings": result.warnings,
-        "timings_s": {"load": round(t_loaded - t_start, 4), "enhance": round(t_enhanced - t_loaded, 4),
-                      "metrics": round(t_metrics - t_enhanced, 4), "write": round(t_written - t_metrics, 4),
-                      "total": round(t_written - t_start, 4),
-                      "slices_per_s": round(result.parameters["slices"] / max(result.seconds, 1e-9), 3)},
-        "metrics": metrics,
-    }
+    data = outcome.report()
+    data["input"] = {"path": str(input_path), **data["input"]}
+    if planning is not None:
+        data["planning_ct"] = {"path": str(planning_ct), **data["planning_ct"]}
+    data["outputs"] = {k: str(v) for k, v in paths.items()}
+    data["output_type"] = output_type
+    data["timings_s"] = {"load": round(t_loaded - t_start, 4), **data["timings_s"],
+                         "write": round(t_written - t_computed, 4), "total": round(t_written - t_start, 4)}
     if "report" in paths:
         write_json(data, paths["report"])
     return data
@@ -166,12 +123,12 @@ def enhance_file(input_path: str | os.PathLike, output: str | os.PathLike | None
 
 def metrics_file(image_path: str | os.PathLike, *, converted: str | os.PathLike | None = None,
                  dig: str | os.PathLike | None = None, nselfssim: str | os.PathLike | None = None,
-                 report: str | os.PathLike | None = None, noise_sd: float = 20.0,
-                 window: tuple[float, float] = (-160.0, 240.0), seed: int = 0, device: str = "auto",
+                 report: str | os.PathLike | None = None, settings: EnhanceSettings | None = None,
                  overwrite: bool = False, progress: ProgressFn | None = None) -> dict[str, Any]:
-    """Quality maps and summaries for any CT; DIG needs the image and its conversion."""
-    from .engine.metrics import assess
-
+    """Quality maps and summaries for any CT; DIG needs the image and its conversion. Of
+    ``settings`` only the device and the metric settings apply."""
+    settings = settings or EnhanceSettings()
+    ms = settings.metrics
     inputs = [str(image_path)] + ([str(converted)] if converted else [])
     if dig and not converted:
         raise InputError("a DIG map needs the converted image: pass --converted FILE")
@@ -181,7 +138,7 @@ def metrics_file(image_path: str | os.PathLike, *, converted: str | os.PathLike 
     if conv is not None and not conv.same_geometry(image):
         raise InputError(f"'{converted}' does not have the geometry of '{image_path}' (shape, spacing, origin, "
                          "direction must match exactly): DIG compares voxel by voxel")
-    assessment = assess(image, conv, noise_sd=noise_sd, window=window, seed=seed, device=device,
+    assessment = assess(image, conv, noise_sd=ms.noise_sd, window=ms.window, seed=ms.seed, device=settings.device,
                         progress=(lambda d, t: progress("metrics", d, t)) if progress else None)
     if "dig" in paths and assessment.dig is not None:
         write_volume(assessment.dig, paths["dig"], overwrite=overwrite, inputs=inputs)
@@ -199,7 +156,5 @@ def metrics_file(image_path: str | os.PathLike, *, converted: str | os.PathLike 
 
 def model_info(path: str | os.PathLike) -> dict[str, Any]:
     """The card of a model file (validated) with the file's sha256, without running the model."""
-    from .engine.modelfile import file_sha256
-
     card = read_card(path)
     return {"path": str(path), "sha256": file_sha256(path), "card": card.to_dict()}

@@ -2,8 +2,8 @@
 
     outputs = enhanceVolumeNode(scene, mvctNode, modelPath, planningNode=ctNode)
 
-reads the MVCT node (never writes it), converts it with ``MVCTEnhanceLib.engine.inference.enhance``,
-computes the quality maps with ``MVCTEnhanceLib.engine.metrics.assess`` and only then creates the new
+reads the MVCT node (never writes it), runs the engine's enhance job (``MVCTEnhanceLib.engine.job
+.run_enhance``: the same code as the command line and the evaluation) and only then creates the new
 nodes. A cancel or an error before that point leaves the scene exactly as it was; an error while
 creating nodes removes every node the call added.
 """
@@ -17,6 +17,8 @@ import os
 from typing import Any, Callable
 
 from MVCTEnhanceLib.engine.errors import EnhanceCancelled, InputError, ModelError
+from MVCTEnhanceLib.engine.files import json_default
+from MVCTEnhanceLib.engine.job import EnhanceSettings
 
 from . import display
 from .metricstable import fillTableNode, summaryRows
@@ -40,32 +42,33 @@ class EnhanceOutputs:
     warnings: list[str]
     parameters: dict[str, Any]
     seconds: float
+    report: dict[str, Any]  # engine.job.Outcome.report(), with the nodes' names and IDs
 
     def nodes(self) -> list[Any]:
         return [n for n in (self.enhancedVolume, self.digVolume, self.nselfssimVolume, self.resultsTable) if n is not None]
 
 
-class _Stages:
-    """Maps each engine stage's (done, total) onto one 0..1 progress with a message."""
+STAGE_MESSAGES = {"enhance": "Enhancing slices", "metrics": "Computing DIG and NSelfSSIM",
+                  "planning": "NSelfSSIM of the planning CT"}
+STAGE_WEIGHTS = {"enhance": 0.5, "metrics": 0.4, "planning": 0.1}
 
-    def __init__(self, progress: ProgressFn | None, weights: dict[str, float]) -> None:
+
+class _Stages:
+    """Maps the job's (stage, done, total) onto one 0..1 progress with a message."""
+
+    def __init__(self, progress: ProgressFn | None, stages: list[str]) -> None:
         self.progress = progress
-        total = sum(weights.values())
+        total = sum(STAGE_WEIGHTS[s] for s in stages)
         self.spans: dict[str, tuple[float, float]] = {}
         start = 0.0
-        for name, weight in weights.items():
-            self.spans[name] = (start / total, weight / total)
-            start += weight
+        for name in stages:
+            self.spans[name] = (start / total, STAGE_WEIGHTS[name] / total)
+            start += STAGE_WEIGHTS[name]
 
-    def callback(self, name: str, message: str) -> Callable[[int, int], None] | None:
-        if self.progress is None:
-            return None
-        start, span = self.spans[name]
-
-        def report(done: int, total: int) -> None:
-            self.progress(start + span * (done / total if total else 1.0), message)
-
-        return report
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if self.progress is not None:
+            start, span = self.spans[stage]
+            self.progress(start + span * (done / total if total else 1.0), STAGE_MESSAGES[stage])
 
     def done(self, message: str) -> None:
         if self.progress is not None:
@@ -73,27 +76,30 @@ class _Stages:
 
 
 def enhanceVolumeNode(scene: Any, inputNode: Any, modelPath: str | os.PathLike | Any, *,
-                      planningNode: Any = None, device: str = "auto", batchSize: int = 0,
-                      precision: str = "auto", computeMetrics: bool = True, noiseSD: float = 20.0,
-                      nselfssimWindow: tuple[float, float] = (-160.0, 240.0), seed: int = 0,
+                      planningNode: Any = None, settings: EnhanceSettings | None = None,
                       overlayMap: str = "nselfssim", overlayOpacity: float = 0.5,
                       progress: ProgressFn | None = None, shouldCancel: CancelFn | None = None,
-                      layoutHook: Callable[[Any], None] | None = None) -> EnhanceOutputs:
-    """Convert ``inputNode`` (MVCT, HU) and add the enhanced volume, quality maps and results table.
+                      layoutHook: Callable[[Any], None] | None = None, **settingsOverrides: Any) -> EnhanceOutputs:
+    """Convert ``inputNode`` (MVCT, HU) with ``engine.job.run_enhance`` and add the enhanced volume,
+    quality maps and results table.
 
-    ``modelPath`` is a model file (or an already loaded ``LoadedModel``). Raises
-    :class:`MVCTEnhanceLib.engine.errors.MVCTEnhanceError` subclasses for anything the user can fix;
-    :class:`EnhanceCancelled` when ``shouldCancel()`` returned True. Either way no node is left behind.
+    ``modelPath`` is a model file (or an already loaded ``LoadedModel``). ``settings`` are the job's
+    (:class:`EnhanceSettings`); the module's parameter names are accepted as overrides
+    (``device``, ``batchSize``, ``precision``, ``computeMetrics``, ``noiseSD``, ``nselfssimWindow``,
+    ``seed``). Raises :class:`MVCTEnhanceLib.engine.errors.MVCTEnhanceError` subclasses for anything
+    the user can fix; :class:`EnhanceCancelled` when ``shouldCancel()`` returned True. Either way
+    no node is left behind.
     """
-    from MVCTEnhanceLib.engine.inference import enhance
+    from MVCTEnhanceLib.engine.job import run_enhance
     from MVCTEnhanceLib.engine.modelfile import LoadedModel, load_model
 
     if scene is None:
         raise InputError("no MRML scene given")
+    settings = settingsFromParameters(settings, **settingsOverrides)
     overlayMap = (overlayMap or "none").lower()
     if overlayMap not in OVERLAY_CHOICES:
         raise InputError(f"overlay map '{overlayMap}' is not one of {', '.join(OVERLAY_CHOICES)}")
-    if overlayMap != "none" and not computeMetrics:
+    if overlayMap != "none" and not settings.assess:
         overlayMap = "none"
     checkScalarVolumeNode(inputNode, "input MVCT")
     if planningNode is not None:
@@ -110,58 +116,57 @@ def enhanceVolumeNode(scene: Any, inputNode: Any, modelPath: str | os.PathLike |
 
     mvct = volumeFromNode(inputNode, "input MVCT")
     planning = volumeFromNode(planningNode, "planning CT") if planningNode is not None else None
-
-    weights = {"enhance": 0.5}
-    if computeMetrics:
-        weights["metrics"] = 0.4
-        if planning is not None:
-            weights["planning"] = 0.1
-    stages = _Stages(progress, weights)
-
-    result = enhance(mvct, loaded, device=device, batch_size=int(batchSize) or None, precision=precision,
-                     progress=stages.callback("enhance", "Enhancing slices"), should_cancel=shouldCancel)
-    assessment = planningAssessment = None
-    if computeMetrics:
-        from MVCTEnhanceLib.engine.metrics import assess
-
-        metricArgs = dict(noise_sd=float(noiseSD), window=(float(nselfssimWindow[0]), float(nselfssimWindow[1])),
-                          seed=int(seed), device=device, should_cancel=shouldCancel)
-        assessment = assess(mvct, result.volume, progress=stages.callback("metrics", "Computing DIG and NSelfSSIM"),
-                            **metricArgs)
-        if planning is not None:
-            planningAssessment = assess(planning, None, progress=stages.callback("planning", "NSelfSSIM of the planning CT"),
-                                        **metricArgs)
+    stages = _Stages(progress, [s for s in STAGE_WEIGHTS
+                                if s == "enhance" or (settings.assess and (s == "metrics" or planning is not None))])
+    outcome = run_enhance(mvct, loaded, planning, settings, stages, shouldCancel)
     if shouldCancel is not None and shouldCancel():
         raise EnhanceCancelled("cancelled before the results were added to the scene; nothing was created")
 
-    warnings = list(result.warnings)
-    card = loaded.card
-    if "untrained" in json.dumps(card.training_data).lower() or "test" in card.intended_use.lower().split():
-        warnings.insert(0, f"model '{card.name}' is an untrained test model: its output is not a kV-like image")
+    report = outcome.report()
+    report["input"] = {"node": inputNode.GetName(), "id": inputNode.GetID(), **report["input"]}
+    if planningNode is not None:
+        report["planning_ct"] = {"node": planningNode.GetName(), "id": planningNode.GetID(), **report["planning_ct"]}
     parameters = {
         "input": {"node": inputNode.GetName(), "id": inputNode.GetID()},
         "planning": {"node": planningNode.GetName(), "id": planningNode.GetID()} if planningNode is not None else None,
         "model_path": str(loaded.path),
-        "requested_device": device,
-        "enhance": result.parameters,
-        "metrics": assessment.summaries.get("parameters") if assessment is not None else None,
+        "requested_device": settings.device,
+        "enhance": outcome.enhanced.parameters,
+        "metrics": outcome.metrics.get("parameters"),
     }
-
-    outputs = _createNodes(scene, inputNode, planningNode, result, assessment, planningAssessment, loaded,
-                           warnings, parameters, overlayMap, overlayOpacity, layoutHook)
-    for w in warnings:
+    outputs = _createNodes(scene, inputNode, planningNode, outcome, report, parameters, overlayMap, overlayOpacity,
+                           layoutHook)
+    for w in outcome.warnings:
         log.warning(w)
     stages.done("Done")
     return outputs
 
 
-def _createNodes(scene: Any, inputNode: Any, planningNode: Any, result: Any, assessment: Any,
-                 planningAssessment: Any, loaded: Any, warnings: list[str], parameters: dict[str, Any],
-                 overlayMap: str, overlayOpacity: float, layoutHook: Callable[[Any], None] | None) -> EnhanceOutputs:
+def settingsFromParameters(settings: EnhanceSettings | None = None, *, device: str | None = None,
+                           batchSize: int | None = None, precision: str | None = None,
+                           computeMetrics: bool | None = None, noiseSD: float | None = None,
+                           nselfssimWindow: tuple[float, float] | None = None, seed: int | None = None) -> EnhanceSettings:
+    """The job's settings with the module's parameters (None: keep the setting; batch size 0: the device's default)."""
+    settings = settings or EnhanceSettings()
+    metricChanges = {k: v for k, v in (("noise_sd", noiseSD), ("window", nselfssimWindow), ("seed", seed))
+                     if v is not None}
+    changes: dict[str, Any] = {k: v for k, v in (("device", device), ("precision", precision),
+                                                 ("assess", computeMetrics)) if v is not None}
+    if batchSize is not None:
+        changes["batch_size"] = int(batchSize) or None
+    if metricChanges:
+        changes["metrics"] = dataclasses.replace(settings.metrics, **metricChanges)
+    return dataclasses.replace(settings, **changes)
+
+
+def _createNodes(scene: Any, inputNode: Any, planningNode: Any, outcome: Any, report: dict[str, Any],
+                 parameters: dict[str, Any], overlayMap: str, overlayOpacity: float,
+                 layoutHook: Callable[[Any], None] | None) -> EnhanceOutputs:
     before = _nodeIDs(scene)
+    assessment = outcome.assessment
     try:
         name = inputNode.GetName() or "MVCT"
-        enhanced = _newVolume(scene, f"{name} enhanced", inputNode, result.volume)
+        enhanced = _newVolume(scene, f"{name} enhanced", inputNode, outcome.result)
         display.showEnhanced(scene, enhanced)
         digNode = nssNode = table = None
         if assessment is not None:
@@ -170,17 +175,17 @@ def _createNodes(scene: Any, inputNode: Any, planningNode: Any, result: Any, ass
             nssNode = _newVolume(scene, f"{name} NSelfSSIM", inputNode, assessment.nselfssim_output)
             display.showMap(scene, nssNode, "nselfssim", assessment.nselfssim_output.array, assessment.mask)
             table = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(f"{name} quality metrics"))
-            planningSummary = None
             details = {"mvct": assessment.summaries}
-            if planningAssessment is not None:
-                planningSummary = planningAssessment.summaries["nselfssim"]["input"]
-                details["planning_ct"] = planningAssessment.summaries
-            fillTableNode(table, summaryRows(assessment.summaries, planningSummary), details)
-        outputs = EnhanceOutputs(enhanced, digNode, nssNode, table, warnings, parameters, result.seconds)
+            if outcome.planning_assessment is not None:
+                details["planning_ct"] = outcome.planning_assessment.summaries
+            fillTableNode(table, summaryRows(outcome.metrics), details)
+        outputs = EnhanceOutputs(enhanced, digNode, nssNode, table, list(outcome.warnings), parameters,
+                                 outcome.enhanced.seconds, report)
         roles = {"enhanced": enhanced, "dig": digNode, "nselfssim": nssNode, "metrics": table}
         for role, node in roles.items():
             if node is not None:
-                _annotate(node, role, inputNode, loaded, warnings, parameters)
+                _annotate(node, role, inputNode, outcome.model, outcome.warnings, parameters)
+        enhanced.SetAttribute(ATTRIBUTE_PREFIX + "Report", json.dumps(report, default=json_default))
         _placeBesideInput(scene, inputNode, outputs.nodes())
         overlay = {"nselfssim": nssNode, "dig": digNode}.get(overlayMap)
         reference = planningNode if planningNode is not None else inputNode

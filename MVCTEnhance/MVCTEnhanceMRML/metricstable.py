@@ -7,20 +7,21 @@ from typing import Any
 
 import vtk
 
+from MVCTEnhanceLib.engine.files import json_default
+
 COLUMNS = (("Metric", "string"), ("Image", "string"), ("Mean", "double"), ("Median", "double"),
            ("P95", "double"), ("Voxels", "int"), ("Unit", "string"))
 DIG_UNIT = "HU^2/mm^2"
 
 
-def summaryRows(summaries: dict[str, Any], planningSummary: dict[str, Any] | None = None) -> list[tuple]:
-    """Rows (metric, image, mean, median, p95, n_voxels, unit) from engine summaries, in reading order."""
+def summaryRows(summaries: dict[str, Any]) -> list[tuple]:
+    """Rows (metric, image, mean, median, p95, n_voxels, unit) from the job's metric summaries
+    (``engine.job.Outcome.metrics``), in reading order."""
     rows = []
     nselfssim = summaries.get("nselfssim", {})
-    for key, label in (("input", "MVCT (input)"), ("output", "enhanced")):
+    for key, label in (("input", "MVCT (input)"), ("output", "enhanced"), ("planning_ct", "planning CT")):
         if key in nselfssim:
             rows.append(_row("NSelfSSIM", label, nselfssim[key], ""))
-    if planningSummary is not None:
-        rows.append(_row("NSelfSSIM", "planning CT", planningSummary, ""))
     dig = summaries.get("dig", {})
     if "output" in dig:
         rows.append(_row("DIG", "enhanced vs MVCT", dig["output"], DIG_UNIT))
@@ -61,7 +62,7 @@ def fillTableNode(tableNode: Any, rows: list[tuple], details: dict[str, Any]) ->
             tableNode.SetColumnDescription(name, "95th percentile inside the body mask")
         elif name in ("Mean", "Median"):
             tableNode.SetColumnDescription(name, f"{name.lower()} inside the body mask")
-    tableNode.SetAttribute("MVCTEnhance.Summaries", json.dumps(details, default=_jsonDefault))
+    tableNode.SetAttribute("MVCTEnhance.Summaries", json.dumps(details, default=json_default))
 
 
 def tableRows(tableNode: Any) -> list[tuple]:
@@ -73,7 +74,3 @@ def tableRows(tableNode: Any) -> list[tuple]:
                           else (table.GetValue(r, c).ToDouble() if kind == "double" else table.GetValue(r, c).ToInt())
                           for c, (_, kind) in enumerate(COLUMNS)))
     return rows
-
-
-def _jsonDefault(o: Any) -> Any:
-    return o.tolist() if hasattr(o, "tolist") else str(o)

@@ -1,7 +1,8 @@
-"""Reading the small JSON files the library writes (manifests, run records, cards, reports).
+"""The small JSON files the library writes and reads (manifests, run records, cards, reports).
 
-One reader, so that every such file that is missing, unreadable, not JSON or not a JSON object gives
-the same kind of one-line :class:`InputError` instead of a traceback."""
+One writer (atomic: a temporary file beside the target, then a rename) and one reader, so that every
+such file that is missing, unreadable, not JSON or not a JSON object gives the same kind of one-line
+:class:`InputError` instead of a traceback."""
 
 from __future__ import annotations
 
@@ -27,3 +28,21 @@ def read_json_object(path: str | os.PathLike, what: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InputError(f"{what} '{p}' must hold a JSON object, not {type(data).__name__}")
     return data
+
+
+def json_default(o: Any) -> Any:
+    if hasattr(o, "tolist"):  # numpy scalars and arrays
+        return o.tolist()
+    return str(o)
+
+
+def write_json(data: Any, path: str | os.PathLike) -> Path:
+    """``data`` as indented JSON in ``path``, written aside and renamed into place."""
+    p = Path(path)
+    tmp = p.with_name(f".{p.name}.partial")
+    try:
+        tmp.write_text(json.dumps(data, indent=2, default=json_default) + "\n", encoding="utf-8")
+        os.replace(tmp, p)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return p

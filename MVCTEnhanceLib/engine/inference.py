@@ -32,9 +32,8 @@ import numpy as np
 
 from .device import resolve_device
 from .errors import EnhanceCancelled, InputError
-from .modelcard import ModelCard
+from .modelcard import STRIDE, ModelCard
 from .modelfile import LoadedModel, load_model
-from ..training.networks import STRIDE
 from .version import __version__
 from .volume import Volume, validate_voxels
 

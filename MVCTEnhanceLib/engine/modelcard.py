@@ -16,6 +16,8 @@ from .errors import ModelError
 CARD_SCHEMA = "mvctenhance-model-card"
 CARD_SCHEMA_VERSION = 1
 CARD_FILENAME = "model_card.json"  # name of the extra file inside the TorchScript archive
+#: Total downsampling of the generators' encoders; the engine pads every input to a multiple of it.
+STRIDE = 4
 
 NOT_FOR_DIAGNOSIS = ("Research and positioning-support tool. The converted image is a synthetic, "
                      "kV-CT-like rendering of the MVCT: it is not a kV CT, it is not for diagnosis, "
@@ -77,6 +79,10 @@ class ModelCard:
         if not isinstance(d, dict):
             raise ModelError("model card must be a JSON object")
         return cls.from_dict(d)
+
+    def is_test_model(self) -> bool:
+        """True for the untrained test generators (their cards say so); their output is not kV-like."""
+        return "untrained" in json.dumps(self.training_data).lower()
 
     # HU <-> network range, shared by inference and training so both use exactly one mapping.
     def hu_to_net_scale(self) -> tuple[float, float]:

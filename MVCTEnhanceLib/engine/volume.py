@@ -57,6 +57,11 @@ class Volume:
             raise InputError(f"voxel spacing must be positive and finite, got {self.spacing}")
 
     @property
+    def warnings(self) -> list[str]:
+        """What reading the file found doubtful (kept in ``metadata``; every report lists them)."""
+        return list(self.metadata.get("warnings", ()))
+
+    @property
     def direction_matrix(self) -> np.ndarray:
         return np.asarray(self.direction, dtype=np.float64).reshape(3, 3)
 

@@ -35,6 +35,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..engine.errors import InputError, OutputError
+from ..engine.files import write_json
 from ..engine.volume import WRITE_EXTENSIONS, Volume, read_volume
 
 MV_SUFFIXES = ("_mvct", "_mv")
@@ -507,8 +508,6 @@ def evaluate(test_set: str | os.PathLike, methods: Sequence[str] | Sequence[Meth
                                  dig_pairs=dig_pairs)
     record["seconds"] = time.perf_counter() - t_start
     record["files"] = {k: str(v) for k, v in files.items()}
-    from ..filejobs import write_json
-
     write_json(json_safe(record), out / "evaluation.json")
     return record
 
@@ -692,8 +691,6 @@ def study_datasize(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
               "metric_settings": {"noise_sd": ms.noise_sd, "window": list(ms.window), "seed": ms.seed},
               "reference": reference, "runs": runs, "skipped": skipped, "command": command}
     record["summary"] = write_datasize_outputs(out, rows, record)
-    from ..filejobs import write_json
-
     write_json(json_safe(record), out / "datasize.json")
     return record
 

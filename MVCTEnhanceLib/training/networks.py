@@ -14,8 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-#: Total downsampling of an encoder; inputs must be padded to a multiple of it.
-STRIDE = 4
+from ..engine.modelcard import STRIDE  # noqa: F401  (the engine pads to it; re-exported for the trainer)
 
 
 def _norm(channels: int) -> nn.Module:

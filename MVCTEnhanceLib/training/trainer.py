@@ -47,7 +47,7 @@ from torch import nn
 
 from . import losses as L
 from ..engine.errors import EnhanceCancelled, InputError, OutputError
-from ..engine.files import read_json_object
+from ..engine.files import read_json_object, write_json
 from .features import build_phi
 from .networks import STRIDE, Decoder, Encoder, Generator, PatchDiscriminator
 from .options import LOSS_NAMES, LR_SCHEDULES, PRESETS
@@ -489,12 +489,6 @@ def git_commit() -> str:
     return head + ("+dirty" if dirty else "") if head else "unknown"
 
 
-def _atomic_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
-
-
 class _StopRequest:
     """SIGINT/SIGTERM set a flag; the loop checkpoints and stops. A second signal acts as usual."""
 
@@ -584,7 +578,7 @@ class _Trainer:
                                                                                  config.seed + 1)
         if self.main:  # only once every option and input has been checked
             (self.run_dir / SAMPLES_DIR).mkdir(parents=True, exist_ok=True)
-            _atomic_json(self.run_dir / CONFIG_NAME, self.config.to_dict())
+            write_json(self.config.to_dict(), self.run_dir / CONFIG_NAME)
         self.mv = _DomainStream(self.mv_dataset, config.batch_size, config.seed, rank, world, config.num_workers,
                                 "MVCT")
         self.kv = _DomainStream(self.kv_dataset, config.batch_size, config.seed + 1, rank, world,
@@ -699,7 +693,7 @@ class _Trainer:
     def _write_run_info(self, status: str, started: str) -> None:
         if not self.main:
             return
-        _atomic_json(self.run_dir / RUN_NAME, {
+        write_json({
             "status": status, "iteration": self.iteration, "iterations_planned": self.config.iterations,
             "started_utc": started, "updated_utc": _utc_now(), "elapsed_s": round(self.elapsed, 1),
             "seconds_per_iteration": round(self.elapsed / max(1, self.iteration), 4),
@@ -711,7 +705,7 @@ class _Trainer:
             "torch": torch.__version__,
             "data": {"mv": _summary(self.mv_dataset), "kv": _summary(self.kv_dataset),
                      "mv_sources": list(self.config.mv), "kv_sources": list(self.config.kv)},
-        })
+        }, self.run_dir / RUN_NAME)
 
     def _iterations_total(self) -> int | None:
         """This run's iterations plus those of every run its weights came from (None: not known)."""

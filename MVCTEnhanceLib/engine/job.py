@@ -1,0 +1,160 @@
+"""The enhance job: the one implementation behind the CLI, the Slicer module and the evaluation.
+
+    outcome = run_enhance(mvct, loaded_model, planning_ct, EnhanceSettings(), progress, cancel)
+
+converts the MVCT, assesses the input and the result (DIG, NSelfSSIM, in the input's body mask) and
+the planning CT (its NSelfSSIM: the level a converted image should approach), and collects every
+warning and the provenance (model card and sha256, engine version, device, settings, timings).
+Callers only move volumes in and out: files (``filejobs``), MRML nodes (the Slicer module) or a
+study's cases. Every default of the job is written here, once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable
+
+from .errors import EnhanceCancelled, InputError
+from .inference import EnhanceResult, enhance
+from .metrics import NSELFSSIM_NOISE_SD, NSELFSSIM_WINDOW, Assessment, assess, body_mask
+from .modelfile import LoadedModel
+from .version import __version__
+from .volume import Volume
+
+#: progress(stage, done, total): stage is one of STAGES; done/total count slices of that stage.
+ProgressFn = Callable[[str, int, int], None]
+CancelFn = Callable[[], bool]
+STAGES = ("enhance", "metrics", "planning")
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricSettings:
+    """NSelfSSIM and DIG settings (see :mod:`.metrics`); one seed makes the maps reproducible."""
+
+    noise_sd: float = NSELFSSIM_NOISE_SD
+    window: tuple[float, float] = NSELFSSIM_WINDOW
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        window = tuple(float(v) for v in self.window)
+        if len(window) != 2 or not window[0] < window[1]:
+            raise InputError(f"NSelfSSIM window must be (low, high) HU with low < high, got {self.window!r}")
+        if not float(self.noise_sd) > 0:
+            raise InputError(f"NSelfSSIM noise SD must be > 0 HU, got {self.noise_sd!r}")
+        object.__setattr__(self, "window", window)
+        object.__setattr__(self, "noise_sd", float(self.noise_sd))
+        object.__setattr__(self, "seed", int(self.seed))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"noise_sd": self.noise_sd, "window": list(self.window), "seed": self.seed}
+
+
+@dataclasses.dataclass(frozen=True)
+class EnhanceSettings:
+    """How to run the network and whether to assess the result."""
+
+    device: str = "auto"
+    batch_size: int | None = None          # None: the device's default (inference.DEFAULT_BATCH)
+    precision: str = "auto"
+    resample: bool = True                  # to the card's pixel spacing, and back
+    assess: bool = True                    # DIG / NSelfSSIM maps and summaries
+    metrics: MetricSettings = MetricSettings()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"device": self.device, "batch_size": self.batch_size, "precision": self.precision,
+                "resample": self.resample, "assess": self.assess, "metrics": self.metrics.to_dict()}
+
+
+@dataclasses.dataclass
+class Outcome:
+    """Everything one enhance job produced; :meth:`report` is what every front end records."""
+
+    input: Volume
+    planning: Volume | None
+    result: Volume
+    enhanced: EnhanceResult
+    assessment: Assessment | None
+    planning_assessment: Assessment | None
+    warnings: list[str]
+    model: LoadedModel
+    settings: EnhanceSettings
+    timings_s: dict[str, float]
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """Summaries: ``dig.output``, ``nselfssim.{input,output,planning_ct}``, ``body_mask``, ``parameters``."""
+        if self.assessment is None:
+            return {}
+        summaries = dict(self.assessment.summaries)
+        if self.planning_assessment is not None:
+            summaries["nselfssim"] = {**summaries["nselfssim"],
+                                      "planning_ct": self.planning_assessment.summaries["nselfssim"]["input"]}
+        return summaries
+
+    def report(self) -> dict[str, Any]:
+        """The JSON-able record shared by the CLI report, the Slicer node attributes and the table."""
+        return {
+            "engine_version": __version__,
+            "input": geometry_dict(self.input),
+            "planning_ct": geometry_dict(self.planning) if self.planning is not None else None,
+            "model": {"path": str(self.model.path), "sha256": self.model.sha256, "card": self.model.card.to_dict()},
+            "device": self.enhanced.device,
+            "settings": self.settings.to_dict(),
+            "parameters": self.enhanced.parameters,
+            "warnings": list(self.warnings),
+            "timings_s": dict(self.timings_s),
+            "metrics": self.metrics,
+        }
+
+
+def geometry_dict(volume: Volume) -> dict[str, Any]:
+    return {"shape": list(volume.array.shape), "spacing": list(volume.spacing), "origin": list(volume.origin),
+            "direction": list(volume.direction), "axial_axis": volume.axial_axis()}
+
+
+def model_warnings(loaded: LoadedModel) -> list[str]:
+    """Warnings that come from the model itself, whatever the input."""
+    card = loaded.card
+    if card.is_test_model():
+        return [f"model '{card.name}' is an untrained test model: its output is not a kV-like image"]
+    return []
+
+
+def _stage(progress: ProgressFn | None, name: str) -> Callable[[int, int], None] | None:
+    return (lambda done, total: progress(name, done, total)) if progress is not None else None
+
+
+def run_enhance(volume: Volume, model: LoadedModel, planning: Volume | None = None,
+                settings: EnhanceSettings | None = None, progress: ProgressFn | None = None,
+                cancel: CancelFn | None = None) -> Outcome:
+    """Convert ``volume`` with ``model``; assess the input, the result and ``planning`` (see the module).
+
+    Raises :class:`EnhanceCancelled` as soon as ``cancel()`` returns True (checked between batches
+    and map chunks): nothing is returned then. Input errors are :class:`InputError`.
+    """
+    settings = settings or EnhanceSettings()
+    if not isinstance(model, LoadedModel):
+        raise InputError(f"run_enhance() needs a loaded model (load_model(path)), got {type(model).__name__}")
+    t0 = time.perf_counter()
+    enhanced = enhance(volume, model, device=settings.device, batch_size=settings.batch_size,
+                       precision=settings.precision, resample=settings.resample,
+                       progress=_stage(progress, "enhance"), should_cancel=cancel)
+    t1 = time.perf_counter()
+    assessment = planning_assessment = None
+    if settings.assess:
+        ms = settings.metrics
+        kw = dict(noise_sd=ms.noise_sd, window=ms.window, seed=ms.seed, device=settings.device, should_cancel=cancel)
+        assessment = assess(volume, enhanced.volume, mask=body_mask(volume), progress=_stage(progress, "metrics"), **kw)
+        if planning is not None:
+            planning_assessment = assess(planning, progress=_stage(progress, "planning"), **kw)
+    if cancel is not None and cancel():
+        raise EnhanceCancelled("cancelled after the conversion; no output was produced")
+    t2 = time.perf_counter()
+    warnings = model_warnings(model) + list(volume.warnings) + list(enhanced.warnings)
+    if planning is not None:
+        warnings += [f"planning CT: {w}" for w in planning.warnings]
+    timings = {"enhance": round(t1 - t0, 4), "metrics": round(t2 - t1, 4),
+               "slices_per_s": round(enhanced.parameters["slices"] / max(enhanced.seconds, 1e-9), 3)}
+    return Outcome(volume, planning, enhanced.volume, enhanced, assessment, planning_assessment, warnings, model, settings,
+                   timings)
