@@ -527,8 +527,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         if not Path(f).is_file():
             raise InputError(f"notes file '{f}' does not exist")
         notes.append(Path(f).read_text(encoding="utf-8"))
-    record = evaluate(args.test_set, args.methods, args.output, validation=args.validation,
-                      noise_sd=args.noise_sd, window=args.window, seed=args.seed, device=args.device,
+    record = evaluate(args.test_set, args.methods, args.output, validation=args.validation, settings=_settings(args),
                       figure_case=args.figure_case, figure_slice=args.figure_slice, title=args.title, notes=notes,
                       command=_command_line(args, skip=('overwrite', 'dig_pairs')) +
                       (" --dig-pairs " + " ".join(f"{a}:{b}" for a, b in args.dig_pairs) if args.dig_pairs else ""),
@@ -584,13 +583,12 @@ def _add_study_datasize(sub: Any) -> None:
 
 
 def _cmd_study_datasize(args: argparse.Namespace) -> int:
-    from .study.evaluate import study_datasize
+    from .study.datasize import study_datasize
 
     record = study_datasize(args.data, args.output, sizes=args.sizes, presets=args.presets,
                             iterations=args.iterations, crop_size=args.crop_size, ngf=args.ngf, ndf=args.ndf,
                             base_config=args.base_config, mv=args.mv, kv=args.kv, test_set=args.test_set,
-                            seed=args.train_seed, device=args.device, noise_sd=args.noise_sd, window=args.window,
-                            train_missing=not args.no_train,
+                            seed=args.train_seed, settings=_settings(args), train_missing=not args.no_train,
                             command=_command_line(args, positional=('data',), skip=('no_train',)),
                             progress=lambda msg: print(msg, file=sys.stderr))
     for s in record["summary"]:

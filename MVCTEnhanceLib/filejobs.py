@@ -14,14 +14,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .engine.errors import InputError, OutputError
+from .engine.figures import montage_png
 from .engine.files import write_json
 from .engine.job import EnhanceSettings, ProgressFn, geometry_dict, run_enhance
 from .engine.metrics import assess
 from .engine.modelfile import file_sha256, load_model, read_card
 from .engine.resources import default_model_path
 from .engine.version import __version__
-
 from .engine.volume import check_output_path, read_volume, write_volume
+
 
 def output_paths_for_dir(input_path: str | os.PathLike, output_dir: str | os.PathLike) -> dict[str, Path]:
     """Standard names in ``output_dir``: <stem>_enhanced.nrrd, _dig.nrrd, _nselfssim.nrrd, _report.json."""
@@ -102,8 +103,6 @@ def enhance_file(input_path: str | os.PathLike, output: str | os.PathLike | None
     if assessment is not None and "nselfssim" in paths:
         write_volume(assessment.nselfssim_output, paths["nselfssim"], overwrite=overwrite, inputs=inputs)
     if assessment is not None and "montage" in paths:
-        from .engine.figures import montage_png
-
         montage_png(paths["montage"], volume, outcome.result, planning, assessment.dig, assessment.nselfssim_output,
                     title=f"{Path(input_path).name} with {loaded.card.name} {loaded.card.version}; not for diagnosis")
     t_written = time.perf_counter()

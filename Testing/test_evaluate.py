@@ -13,8 +13,9 @@ import pytest
 from conftest import phantom_array
 from MVCTEnhanceLib import cli
 from MVCTEnhanceLib.engine.errors import InputError, OutputError
-from MVCTEnhanceLib.study.evaluate import (Case, evaluate, find_cases, parse_methods, study_datasize,
-                                     write_datasize_outputs)
+from MVCTEnhanceLib.study.cases import Case, Method, find_cases, parse_methods
+from MVCTEnhanceLib.study.datasize import study_datasize, write_datasize_outputs
+from MVCTEnhanceLib.study.evaluate import evaluate
 from MVCTEnhanceLib.training.tinymodel import write_tiny_model
 from MVCTEnhanceLib.engine.volume import Volume, write_volume
 
@@ -274,7 +275,6 @@ def test_case_dataclass_is_hashable():
 def test_trend_mark_is_qualified_when_the_method_itself_is_worse():
     """A method worse than the control in every case must not get a plain dagger, even where the
     step-down trend test rejects at its step through the better groups ordered before it."""
-    from MVCTEnhanceLib.study.evaluate import Method
     from MVCTEnhanceLib.study.report import _mark, statistics
 
     rng = np.random.default_rng(0)

@@ -1,7 +1,8 @@
 """Image-quality metrics: voxel maps (DIG, NSelfSSIM), an automatic body mask, summaries, and the
 full-reference MAE/PSNR/SSIM used where a ground truth exists.
 
-No-reference metrics of the method (Ozaki, Kaji et al., Med. Phys. 2022; see METHOD.md):
+No-reference metrics of the method (Ozaki, Kaji et al., Med. Phys. 49(6), 2022;
+and S. Ozaki's ISCO 2023 talk):
 
 * **DIG** (difference-image gradient) = ``|grad_inplane(original - converted)|^2`` per voxel, in
   HU^2/mm^2. A conversion may shift HU smoothly; edges in the difference image mean anatomy was
@@ -23,6 +24,7 @@ from typing import Any, Callable
 import numpy as np
 from scipy import ndimage
 
+from .device import resolve_device
 from .errors import EnhanceCancelled, InputError
 from .volume import Volume
 
@@ -41,6 +43,37 @@ NSELFSSIM_NOISE_SD = 20.0
 NSELFSSIM_WINDOW = (-160.0, 240.0)
 #: Body threshold: far above air (-1000) even with MVCT's tens-of-HU noise, below fat (about -100).
 BODY_THRESHOLD_HU = -400.0
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricInfo:
+    """What a reader needs to know of a metric: its name in tables, unit and better direction."""
+
+    name: str
+    label: str
+    unit: str
+    better: str                    # "lower" or "higher"
+    needs_reference: bool = False  # True: needs a ground truth on the image's grid
+    note: str = ""                 # said beside the direction where "better" needs a word
+
+    @property
+    def alternative(self) -> str:
+        """The one-sided alternative of a test that a method is better ("less" or "greater")."""
+        return "less" if self.better == "lower" else "greater"
+
+    @property
+    def better_text(self) -> str:
+        return self.note or self.better
+
+
+#: The registry: every metric the engine and the study report, in reading order.
+METRICS: dict[str, MetricInfo] = {m.name: m for m in (
+    MetricInfo("nselfssim", "NSelfSSIM", "", "lower", note="lower = less noise (kV CT is the target)"),
+    MetricInfo("dig", "DIG", "HU²/mm²", "lower"),
+    MetricInfo("mae", "MAE", "HU", "lower", needs_reference=True),
+    MetricInfo("psnr", "PSNR", "dB", "higher", needs_reference=True),
+    MetricInfo("ssim", "SSIM", "", "higher", needs_reference=True),
+)}
 #: Body mask: in-plane opening radius (mm) that removes noise specks and thin couch/cable bridges.
 BODY_OPENING_MM = 2.0
 _MAX_OPENING_PX = 5  # bounds the cost on very fine pixel grids
@@ -221,7 +254,7 @@ def nselfssim_map(volume: Volume, *, noise_sd: float = NSELFSSIM_NOISE_SD, windo
     data_range=hi - lo, full=True)`` map (agreement to 1e-4 is tested).
 
     Defaults: the soft-tissue window -160..240 HU with 20 HU noise. The talk publishes no settings;
-    METHOD.md's calibration on simulated MVCT/kVCT pairs shows this window with ~20 HU noise
+    A calibration on simulated MVCT/kV CT pairs shows this window with ~20 HU noise
     reproduces its pattern (MVCT ~0.9, kVCT ~0.73), whereas wide windows make every image ~0.98.
 
     Deterministic: the noise is drawn on the CPU from ``numpy.random.default_rng(seed)``, one slice
@@ -229,8 +262,6 @@ def nselfssim_map(volume: Volume, *, noise_sd: float = NSELFSSIM_NOISE_SD, windo
     Returns a float32 Volume with the input's geometry (unitless, at most 1).
     """
     import torch
-
-    from .device import resolve_device
 
     _check_volume(volume, "image")
     lo, hi, sigma = _check_window(window, sigma)
@@ -288,8 +319,6 @@ def dig_map(original: Volume, converted: Volume, *, device: Any = "auto", chunk_
     exactly 0. Returns a float32 Volume with the original's geometry.
     """
     import torch
-
-    from .device import resolve_device
 
     _check_volume(original, "original image")
     _check_volume(converted, "converted image")
@@ -404,7 +433,6 @@ def assess(original: Volume, converted: Volume | None = None, *, noise_sd: float
     "dig" key and the "output" entries exist only when ``converted`` is given. Both NSelfSSIM maps
     use the same seed, hence the same noise. progress(done, total) counts slices over all maps.
     """
-    from .device import resolve_device
 
     _check_volume(original, "original image")
     if converted is not None:
@@ -510,8 +538,6 @@ def ssim_synthrad(pred: Any, ref: Any, mask: Any = None) -> float:
     window instead, so values are close but not identical to theirs. Mean over all voxels if no mask.
     """
     import torch
-
-    from .device import resolve_device
 
     p, r, m, axis = _pair(pred, ref, mask)
     lo, hi = SYNTHRAD_RANGE

@@ -9,8 +9,11 @@ writing never leaves a half-written file and never overwrites without being aske
 from __future__ import annotations
 
 import dataclasses
+import gzip
+import json
 import os
 import shutil
+import struct
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -324,15 +327,11 @@ def write_volume(volume: Volume, path: str | os.PathLike, dtype: str = "float32"
 # file re-oriented by another tool is read by its standard header.
 
 def _geometry_json(image: Any) -> str:
-    import json
-
     return json.dumps({"spacing": list(image.GetSpacing()), "origin": list(image.GetOrigin()),
                        "direction": list(image.GetDirection())})
 
 
 def _exact_geometry(image: Any, path: Path) -> dict[str, list[float]] | None:
-    import json
-
     text = image.GetMetaData(GEOMETRY_KEY) if image.HasMetaDataKey(GEOMETRY_KEY) else None
     if text is None and _extension(path) in (".nii", ".nii.gz"):
         text = _nifti_read_comment(path)
@@ -356,16 +355,12 @@ def _exact_geometry(image: Any, path: Path) -> dict[str, list[float]] | None:
 
 
 def _nifti_bytes(path: Path) -> bytes:
-    import gzip
-
     data = path.read_bytes()
     return gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
 
 
 def _nifti_add_comment(path: Path, text: str) -> None:
     """Insert a NIfTI-1 comment extension (ecode 6) holding ``text`` after the 348-byte header."""
-    import gzip
-    import struct
 
     raw = _nifti_bytes(path)
     if len(raw) < 352 or struct.unpack("<i", raw[:4])[0] != 348:
@@ -382,8 +377,6 @@ def _nifti_add_comment(path: Path, text: str) -> None:
 
 
 def _nifti_read_comment(path: Path) -> str | None:
-    import struct
-
     try:
         raw = _nifti_bytes(path)
     except OSError:

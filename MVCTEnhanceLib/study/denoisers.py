@@ -24,8 +24,10 @@ import time
 from typing import Any, Callable, Sequence
 
 import numpy as np
+from skimage.restoration import denoise_nl_means, denoise_tv_chambolle
 
 from ..engine.errors import InputError
+from ..engine.metrics import body_mask, mae_in_mask
 from ..engine.volume import Volume
 
 #: Parameter grids (HU) searched on the validation case. They bracket the ~20-40 HU noise of
@@ -75,13 +77,9 @@ def denoise_slice(hu: np.ndarray, name: str, value: float) -> np.ndarray:
     _require(name)
     img = np.asarray(hu, dtype=np.float64)
     if name == "nlm":
-        from skimage.restoration import denoise_nl_means
-
         out = denoise_nl_means(img, h=float(value), patch_size=NLM_PATCH_SIZE, patch_distance=NLM_PATCH_DISTANCE,
                                fast_mode=True)
     elif name == "tv":
-        from skimage.restoration import denoise_tv_chambolle
-
         out = denoise_tv_chambolle(img, weight=float(value), max_num_iter=TV_MAX_ITER)
     else:
         import bm3d
@@ -154,7 +152,6 @@ def tune_denoisers(names: Sequence[str], mvct: Volume, ground_truth: Volume, *, 
     ``ground_truth`` is the kV image on the MVCT's grid. Ties go to the weaker setting (the first
     in the grid), so a flat objective never makes a denoiser stronger than it needs to be.
     """
-    from ..engine.metrics import body_mask, mae_in_mask
 
     t0 = time.perf_counter()
     if not mvct.same_geometry(ground_truth):

@@ -19,35 +19,32 @@ import numpy as np
 
 from ..engine.errors import InputError
 from ..engine.files import read_json_object
+from ..engine.metrics import METRICS
 from ..engine.modelcard import iterations_text
+from ..engine.version import __version__
+from . import stats
+from .cases import Method, values, write_csv
+from .plots import boxplots_png, maps_png, montage_png, pick_slice
 
 #: Talk's NSelfSSIM table (head and neck; S. Ozaki, ISCO 2023), for the side-by-side comparison.
 TALK_NSELFSSIM = {"mvct": (0.9024, 0.0106), "proposed": (0.7079, 0.0794), "kv": (0.7263, 0.0825)}
 #: One-sided alternative of the Shirley-Williams test per metric (direction of "better than the
 #: control"): processing lowers NSelfSSIM (less noise) and MAE, raises PSNR and SSIM; for DIG the
 #: control is the first model (CycleGAN in the protocol) and the others are expected lower.
-ALTERNATIVE = {"nselfssim": "less", "dig": "less", "mae": "less", "psnr": "greater", "ssim": "greater"}
 N_BOOT = 5000
 N_PERM = 20000
 ALPHA = 0.05
 
 
-def _vals(rows: Sequence[dict[str, Any]], method: str, metric: str, cases: Sequence[str]) -> np.ndarray:
-    by_case = {r["case"]: r[metric] for r in rows if r["method"] == method}
-    return np.array([float(by_case.get(c, math.nan)) for c in cases], dtype=np.float64)
-
-
 def _complete(rows, methods: Sequence[str], metric: str, cases: Sequence[str]) -> list[str]:
     """Methods with a finite value of ``metric`` on every case."""
-    return [m for m in methods if np.isfinite(_vals(rows, m, metric, cases)).all()]
+    return [m for m in methods if np.isfinite(values(rows, m, metric, cases)).all()]
 
 
 def _ci(x: np.ndarray) -> tuple[float, float, str]:
-    from .stats import bootstrap_mean_ci
-
     for method in ("bca", "percentile"):
         try:
-            ci = bootstrap_mean_ci(x, n_boot=N_BOOT, method=method, seed=0)
+            ci = stats.bootstrap_mean_ci(x, n_boot=N_BOOT, method=method, seed=0)
             return ci.low, ci.high, method
         except InputError:
             continue
@@ -56,13 +53,11 @@ def _ci(x: np.ndarray) -> tuple[float, float, str]:
 
 def summarize_rows(rows: Sequence[dict[str, Any]], methods: Sequence[Any]) -> list[dict[str, Any]]:
     """Per method and metric: n, mean, SD (ddof 1), median and the bootstrap 95 % CI of the mean."""
-    from .evaluate import METRICS
-
     cases = sorted({r["case"] for r in rows})
     out = []
     for m in methods:
         for metric in METRICS:
-            x = _vals(rows, m.name, metric, cases)
+            x = values(rows, m.name, metric, cases)
             x = x[np.isfinite(x)]
             if x.size == 0:
                 continue
@@ -113,9 +108,6 @@ def statistics(rows: Sequence[dict[str, Any]], methods: Sequence[Any],
     trend test is run per (comparator, method) pair instead, e.g. (cyclegan, proposed): one step,
     alternative "less"; see :func:`default_dig_pairs`.
     """
-    from . import stats
-    from .evaluate import METRICS
-
     cases = sorted({r["case"] for r in rows})
     names = {m.name for m in methods}
     pairs_given = list(dig_pairs) if dig_pairs is not None else default_dig_pairs(methods)
@@ -130,11 +122,11 @@ def statistics(rows: Sequence[dict[str, Any]], methods: Sequence[Any],
         if len(cols) < 2 or len(cases) < 2:
             entry["skipped"] = ("fewer than 2 methods with values" if len(cols) < 2 else "fewer than 2 cases")
             continue
-        table = np.stack([_vals(rows, c, metric, cases) for c in cols], axis=1)
+        table = np.stack([values(rows, c, metric, cases) for c in cols], axis=1)
         fr = stats.friedman(table)
         entry["friedman"] = {"test": fr.test, "statistic": fr.statistic, "df": fr.df, "p": fr.p,
                              "kendall_w": fr.kendall_w, "note": fr.note}
-        alt = ALTERNATIVE[metric]
+        alt = METRICS[metric].alternative
         if metric == "dig":
             entry["pairs"] = []
             for comparator, method in pairs_given:
@@ -196,11 +188,9 @@ def _mark(st: dict[str, Any], metric: str, method: str) -> str:
 
 
 def _metric_table(summary, st, methods, metric: str, talk: dict | None = None) -> list[str]:
-    from .evaluate import METRIC_INFO
-
-    info = METRIC_INFO[metric]
-    unit = f" ({info['unit']})" if info["unit"] else ""
-    head = f"| method | {info['label']}{unit} mean ± SD | 95 % CI of the mean | median | n |"
+    info = METRICS[metric]
+    unit = f" ({info.unit})" if info.unit else ""
+    head = f"| method | {info.label}{unit} mean ± SD | 95 % CI of the mean | median | n |"
     sep = "|---|---|---|---|---|"
     if talk is not None:
         head += " talk (mean ± SD) |"
@@ -222,12 +212,10 @@ def _metric_table(summary, st, methods, metric: str, talk: dict | None = None) -
 
 
 def _stats_lines(st: dict[str, Any]) -> list[str]:
-    from .evaluate import METRIC_INFO
-
     lines = ["| metric | methods compared (protocol order) | omnibus test | statistic | p | Kendall W |",
              "|---|---|---|---|---|---|"]
     for metric, e in st.items():
-        label = METRIC_INFO[metric]["label"]
+        label = METRICS[metric].label
         if "friedman" not in e:
             lines.append(f"| {label} | {', '.join(e['columns']) or '-'} | skipped: {e.get('skipped')} | | | |")
             continue
@@ -253,7 +241,7 @@ def _stats_lines(st: dict[str, Any]) -> list[str]:
         sw = e.get("shirley_williams")
         if not sw:
             continue
-        label = METRIC_INFO[metric]["label"]
+        label = METRICS[metric].label
         pairs = {p["method"]: p for p in e["paired"]}
         for c in sw["comparisons"]:
             p = pairs.get(c["group"], {})
@@ -267,9 +255,6 @@ def _stats_lines(st: dict[str, Any]) -> list[str]:
 
 
 def markdown(record: dict[str, Any], summary, st, methods, figures: dict[str, Path]) -> str:
-    from .evaluate import METRIC_INFO
-    from ..engine.version import __version__
-
     n_cases = len(record["cases"])
     L: list[str] = [f"# {record['title']}", ""]
     L.append(f"Generated {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by "
@@ -324,7 +309,7 @@ def markdown(record: dict[str, Any], summary, st, methods, figures: dict[str, Pa
     if record["ground_truth"]:
         L += ["", "## Against the kV ground truth", ""]
         for metric in ("mae", "psnr", "ssim"):
-            L += [f"**{METRIC_INFO[metric]['label']}** ({METRIC_INFO[metric]['better']}; † vs MVCT):", ""]
+            L += [f"**{METRICS[metric].label}** ({METRICS[metric].better_text}; † vs MVCT):", ""]
             L += _metric_table(summary, st, [m for m in methods if m.kind != "reference"], metric)
             L.append("")
     L += ["## Statistics", ""]
@@ -360,153 +345,10 @@ def markdown(record: dict[str, Any], summary, st, methods, figures: dict[str, Pa
     return "\n".join(L)
 
 
-# --------------------------------------------------------------------------------------------------
-# Figures
-# --------------------------------------------------------------------------------------------------
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig: Any, path: Path, dpi: int = 100) -> Path:
-    tmp = path.with_name(f".{path.name}.partial.png")
-    fig.savefig(tmp, dpi=dpi)
-    _plt().close(fig)
-    os.replace(tmp, path)
-    return path
-
-
-def boxplots_png(path: Path, rows, methods) -> Path | None:
-    from .evaluate import METRIC_INFO, METRICS
-
-    plt = _plt()
-    cases = sorted({r["case"] for r in rows})
-    panels = []
-    for metric in METRICS:
-        names = [m.name for m in methods
-                 if np.isfinite(_vals(rows, m.name, metric, cases)).any()
-                 and not (metric == "dig" and m.kind == "input")]
-        if names:
-            panels.append((metric, names))
-    if not panels:
-        return None
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.6), squeeze=False)
-    for ax, (metric, names) in zip(axes[0], panels):
-        data = [(lambda v: v[np.isfinite(v)])(_vals(rows, n, metric, cases)) for n in names]
-        ax.boxplot(data, tick_labels=names, showmeans=True, meanprops={"marker": "D", "markersize": 4})
-        for i, d in enumerate(data, start=1):
-            ax.plot(np.full(d.size, i) + np.linspace(-0.12, 0.12, d.size) if d.size > 1 else [i], d, ".",
-                    color="0.35", ms=3)
-        info = METRIC_INFO[metric]
-        ax.set_title(f"{info['label']}" + (f" ({info['unit']})" if info["unit"] else ""), fontsize=10)
-        ax.tick_params(axis="x", labelrotation=45, labelsize=8)
-        ax.tick_params(axis="y", labelsize=8)
-        if metric == "dig" and all(d.size and d.min() > 0 for d in data):
-            ax.set_yscale("log")
-    fig.suptitle(f"{len(cases)} test case(s); diamond = mean", fontsize=9)
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def pick_slice(mask: np.ndarray, axis: int) -> int:
-    """The slice with the most body: a representative slice for the figures."""
-    counts = np.moveaxis(mask, axis, 0).reshape(mask.shape[axis], -1).sum(1)
-    return int(np.argmax(counts))
-
-
-def _slice_of(volume, index: int, ref) -> np.ndarray:
-    from ..engine.figures import axial_slice, nearest_slice, slice_centre_lps
-
-    if volume.same_geometry(ref) or volume.array.shape == ref.array.shape:
-        return axial_slice(volume, index)
-    return axial_slice(volume, nearest_slice(volume, slice_centre_lps(ref, index)))
-
-
-def montage_png(path: Path, lc, kept, methods, index: int) -> Path:
-    """Every method's image of one slice side by side, in one display window."""
-    from ..engine.figures import DISPLAY_WINDOW
-
-    plt = _plt()
-    panels = []
-    for m in methods:
-        img = kept["images"].get(m.name)
-        if img is None and m.kind == "reference" and lc.kv is not None:
-            img = lc.kv
-        if img is None:
-            continue
-        panels.append((m.name, _slice_of(img, index, lc.mvct)))
-    n = len(panels)
-    cols = n if n <= 5 else math.ceil(n / 2)
-    rows_ = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows_, cols, figsize=(3.0 * cols, 3.25 * rows_ + 0.4), squeeze=False,
-                             layout="constrained")
-    for ax in axes.ravel():
-        ax.axis("off")
-    for ax, (name, img) in zip(axes.ravel(), panels):
-        ax.imshow(img, cmap="gray", vmin=DISPLAY_WINDOW[0], vmax=DISPLAY_WINDOW[1], interpolation="nearest")
-        ax.set_title(name, fontsize=11)
-    fig.suptitle(f"case {lc.case.name}, axial slice {index}; window W400 L40 HU "
-                 f"({DISPLAY_WINDOW[0]:g}..{DISPLAY_WINDOW[1]:g}); not for diagnosis", fontsize=9)
-    return _save(fig, path, dpi=100)
-
-
-def maps_png(path: Path, lc, kept, methods, index: int) -> Path | None:
-    """DIG (top row, shared logarithmic scale) and NSelfSSIM (bottom row) of one slice, one column per method."""
-    from matplotlib.colors import LogNorm
-
-    from ..engine.figures import axial_slice
-
-    plt = _plt()
-    names = [m.name for m in methods if kept["nselfssim"].get(m.name) is not None]
-    if not names:
-        return None
-    kinds = {m.name: m.kind for m in methods}
-    mask = axial_slice(lc.mvct.with_array(kept["mask"].astype(np.float32)), index) > 0.5
-    dig = {n: axial_slice(kept["dig"][n], index) for n in names
-           if kinds[n] != "input" and kept["dig"].get(n) is not None}
-    body = [d[mask] for d in dig.values() if mask.any()]
-    top = float(np.percentile(np.concatenate(body), 99.5)) if body else 10.0
-    norm = LogNorm(vmin=1.0, vmax=max(top, 10.0))
-    cols = len(names)
-    fig, axes = plt.subplots(2, cols, figsize=(2.6 * cols + 1.2, 5.8), squeeze=False, layout="constrained")
-    for ax in axes.ravel():
-        ax.axis("off")
-    im_d = im_n = None
-    for j, name in enumerate(names):
-        if name in dig:
-            d = dig[name]
-            im_d = axes[0, j].imshow(np.where(mask, np.maximum(d, 1.0), np.nan), cmap="inferno", norm=norm,
-                                     interpolation="nearest")
-            mean = float(d[mask].mean()) if mask.any() else float("nan")
-            axes[0, j].set_title(f"DIG {name}\nslice mean {mean:.3g}", fontsize=9)
-        else:
-            axes[0, j].set_title(f"DIG {name}\n0 by definition" if kinds[name] == "input" else f"DIG {name}\nn/a",
-                                 fontsize=9)
-        s = axial_slice(kept["nselfssim"][name], index)
-        im_n = axes[1, j].imshow(np.where(mask, s, np.nan), cmap="viridis", vmin=0.0, vmax=1.0,
-                                 interpolation="nearest")
-        mean = float(s[mask].mean()) if mask.any() else float("nan")
-        axes[1, j].set_title(f"NSelfSSIM {name}\nslice mean {mean:.3f}", fontsize=9)
-    if im_d is not None:
-        fig.colorbar(im_d, ax=list(axes[0]), fraction=0.02, pad=0.01,
-                     label="DIG, HU²/mm² (log, values < 1 shown as 1)")
-    if im_n is not None:
-        fig.colorbar(im_n, ax=list(axes[1]), fraction=0.02, pad=0.01, label="NSelfSSIM")
-    fig.suptitle(f"case {lc.case.name}, axial slice {index}; maps inside the body mask of the MVCT", fontsize=9)
-    return _save(fig, path, dpi=100)
-
-
 def write_report(out: Path, rows, record: dict[str, Any], methods, fig_lc, kept,
                  figure_slice: int | None = None,
                  dig_pairs: Sequence[tuple[str, str]] | None = None) -> dict[str, Path]:
     """per_case.csv, summary.csv, the figures and report.md in ``out``; the statistics go into ``record``."""
-    from .evaluate import write_csv
-
     index = None
     if fig_lc is not None and kept:
         axis = fig_lc.mvct.axial_axis()
@@ -545,8 +387,6 @@ def rerender(out_dir: str | os.PathLike, notes: Sequence[str] = ()) -> Path:
     """Rewrite report.md of a finished evaluation from its evaluation.json (e.g. to add the discussion)
     without recomputing anything; the figures and CSV files are left as they are. ``notes`` are Markdown
     texts (not file names), as ``evaluate --notes`` reads them."""
-
-    from .evaluate import Method
 
     out = Path(out_dir)
     path = out / "evaluation.json"

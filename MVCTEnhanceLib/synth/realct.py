@@ -23,6 +23,8 @@ import dataclasses
 from typing import Any
 
 import numpy as np
+import pydicom
+from pydicom.data import get_testdata_file
 from scipy import ndimage
 
 from ..engine.errors import InputError
@@ -49,10 +51,6 @@ class RealSlice:
 
 
 def _testdata_path(name: str, package: str) -> str:
-    try:
-        from pydicom.data import get_testdata_file
-    except ImportError:  # pragma: no cover - pydicom is a dependency
-        raise InputError("pydicom is not installed; pip install pydicom") from None
     path = get_testdata_file(name, download=False)
     if path is None:
         raise InputError(f"'{name}' is not installed; pip install {package} (it ships the file)")
@@ -113,8 +111,6 @@ def _brain_hybrid(hu: np.ndarray, spacing: tuple[float, float], seed: int) -> np
 
 def load_real_slices() -> list[RealSlice]:
     """The four real(-derived) CT slices, in HU with padding mapped to air."""
-    import pydicom
-
     out: list[RealSlice] = []
     p = _testdata_path("CT_small.dcm", "pydicom")
     ds = pydicom.dcmread(p)

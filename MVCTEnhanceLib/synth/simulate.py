@@ -21,7 +21,7 @@ Pipeline per axial slice (all steps documented where they are implemented):
    the softer MVCT look (TomoTherapy resolves ~1.2-1.6 mm objects).
 4. **Quantum noise**: Poisson counts with ``n0`` unattenuated photons per detector bin and view.
    ``n0`` is derived analytically so that a water cylinder of ``reference_diameter_mm`` (200 mm,
-   Catphan-sized: METHOD.md's 2.3-2.4 % figure was measured on a Catphan) reconstructs with
+   Catphan-sized: the paper's 2.3-2.4 % noise figure was measured on a Catphan) reconstructs with
    ``noise_sd`` HU at its centre: var(mu_centre) = C * exp(mu_w D) / n0, where C (the FBP variance
    gain for unit-variance projection noise on this geometry) is measured once per geometry on
    seeded white noise and cached. Patients smaller than the reference get less noise, larger ones
@@ -41,15 +41,17 @@ import contextlib
 import dataclasses
 import functools
 import math
+import time
 from typing import Any, Callable
 
 import numpy as np
+from scipy import ndimage, special
 
 from ..engine.errors import InputError
-from ..engine.volume import Volume, validate_voxels
+from ..engine.volume import Volume, check_output_path, read_volume, validate_voxels, write_volume
 
 #: (kV HU at ~70 keV, MV HU at 1 MeV) anchors; ICRU Report 44 tissues, NIST XCOM cross sections,
-#: as quoted by Ozaki, Kaji et al., Med. Phys. 49(6) 2022 (METHOD.md). Air and water by definition.
+#: as quoted by Ozaki, Kaji et al., Med. Phys. 49(6) 2022. Air and water by definition.
 HU_ANCHORS: tuple[tuple[float, float], ...] = (
     (-1000.0, -1000.0),  # air
     (-741.0, -742.0),    # lung
@@ -281,7 +283,6 @@ def poisson_counts(lam: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     data, and a small change in ``lam`` changes the count by about as much (below
     ``EXACT_POISSON_BELOW``, only if the uniform lies within it of a CDF step).
     """
-    from scipy import special
 
     lam = np.asarray(lam, dtype=np.float64)
     u = rng.random(lam.shape)
@@ -354,8 +355,6 @@ def simulate(volume: Volume, noise_sd: float = 30.0, seed: int = 0, *,
         if progress is not None:
             progress(k + 1, arr.shape[0])
     if settings.slice_thickness_mm and arr.shape[0] > 1:
-        from scipy import ndimage
-
         dz = volume.spacing[::-1][axis]
         sigma = settings.slice_thickness_mm / 2.3548 / dz
         if sigma > 0.3:
@@ -372,9 +371,6 @@ def simulate_file(kv_input: str, mv_output: str, noise_sd: float = 30.0, seed: i
 
     The output path is checked before any work, and never equals the input.
     """
-    import time
-
-    from ..engine.volume import check_output_path, read_volume, write_volume
 
     check_output_path(mv_output, overwrite, inputs=(kv_input,))
     settings = SimulatorSettings(noise_sd=float(noise_sd), slice_thickness_mm=slice_thickness_mm)
