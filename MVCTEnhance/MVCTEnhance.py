@@ -6,8 +6,8 @@ that touches MRML is in MVCTEnhanceMRML (no Qt, tested on slicer-core). This fil
 dependency installation and the self-test. torch is imported only when the user presses Enhance.
 """
 
+import functools
 import hashlib
-import json
 import logging
 import sys
 import urllib.parse
@@ -47,8 +47,9 @@ def _ensureImportPaths() -> None:
 
 _ensureImportPaths()
 
-#: torch versions the engine supports (installed through the PyTorch extension's PyTorchUtils).
-TORCH_REQUIREMENT = ">=2.1"
+from MVCTEnhanceLib.engine.settings import DEVICE_CHOICES, EnhanceSettings  # noqa: E402  (pure Python)
+
+_DEFAULTS = EnhanceSettings()  # the engine's defaults, shown as the parameter node's
 
 DEFAULT_MODEL_FILE = "mvctenhance-default.pt"
 TINY_MODEL_FILE = "mvctenhance-tiny-test.pt"
@@ -73,8 +74,12 @@ def resourceFile(relative: str) -> Optional[Path]:
     return None
 
 
-class DependencyError(RuntimeError):
-    """A Python package the module needs is missing and could not be installed."""
+@functools.lru_cache(maxsize=16)
+def _readCard(path: str, mtimeNs: int, size: int):
+    """The model card of ``path``; the cache key includes the file's time and size, so an edit re-reads."""
+    from MVCTEnhanceLib.engine.modelfile import read_card
+
+    return read_card(path)
 
 
 #
@@ -173,12 +178,12 @@ class MVCTEnhanceParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
     planningVolume: vtkMRMLScalarVolumeNode
     modelPath: Path
-    device: Annotated[str, Choice(["auto", "cpu", "cuda", "mps"])] = "auto"
+    device: Annotated[str, Choice(list(DEVICE_CHOICES))] = _DEFAULTS.device
     batchSize: Annotated[int, WithinRange(0, 256)] = 0  # 0: the engine's choice for the device
-    computeMetrics: bool = True
-    noiseSD: Annotated[float, WithinRange(1.0, 200.0)] = 20.0
-    nselfssimWindowLow: Annotated[float, WithinRange(-1024.0, 3000.0)] = -160.0
-    nselfssimWindowHigh: Annotated[float, WithinRange(-1024.0, 3000.0)] = 240.0
+    computeMetrics: bool = _DEFAULTS.assess
+    noiseSD: Annotated[float, WithinRange(1.0, 200.0)] = _DEFAULTS.metrics.noise_sd
+    nselfssimWindowLow: Annotated[float, WithinRange(-1024.0, 3000.0)] = _DEFAULTS.metrics.window[0]
+    nselfssimWindowHigh: Annotated[float, WithinRange(-1024.0, 3000.0)] = _DEFAULTS.metrics.window[1]
     overlayMap: Annotated[str, Choice(["nselfssim", "dig", "none"])] = "nselfssim"
     overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     enhancedVolume: vtkMRMLScalarVolumeNode
@@ -286,6 +291,19 @@ class MVCTEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.resultsTableView.setMRMLTableNode(p.resultsTable)
         self.logic.applyOverlay(p)
 
+    @staticmethod
+    def fitViews(enhancedVolume) -> None:
+        """Layout hook: align the comparison views to the volume's planes and fit them (GUI only)."""
+        layoutManager = slicer.app.layoutManager()
+        if layoutManager is None:
+            return
+        for viewName in ("Red", "Yellow"):
+            sliceWidget = layoutManager.sliceWidget(viewName)
+            if sliceWidget is None:
+                continue
+            sliceWidget.mrmlSliceNode().RotateToVolumePlane(enhancedVolume)
+            sliceWidget.sliceLogic().FitSliceToAll()
+
     def _setRunning(self, running: bool) -> None:
         self._running = running
         self.ui.cancelButton.enabled = running
@@ -304,6 +322,7 @@ class MVCTEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onEnhanceButton(self) -> None:
         from MVCTEnhanceLib.engine.errors import EnhanceCancelled, MVCTEnhanceError
+        from MVCTEnhanceMRML.dependencies import DependencyError
 
         p = self._parameterNode
         self._cancelRequested = False
@@ -313,9 +332,10 @@ class MVCTEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:
             self.ui.statusLabel.text = _("Checking dependencies...")
             slicer.app.processEvents()
-            self.logic.ensureDependencies(askConfirmation=True)
+            self.logic.ensureDependencies(confirm=lambda message: slicer.util.confirmOkCancelDisplay(
+                message, windowTitle=_("MVCT Enhance")))
             outputs = self.logic.process(p, progress=self._onProgress, shouldCancel=lambda: self._cancelRequested,
-                                         layoutHook=self.logic.fitViews)
+                                         layoutHook=self.fitViews)
         except EnhanceCancelled:
             self.ui.statusLabel.text = _("Cancelled: nothing was added to the scene.")
             self.ui.progressBar.setValue(0)
@@ -375,119 +395,36 @@ class MVCTEnhanceLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def describeModel(path: Any) -> tuple[str, str]:
-        """(one-line description, warning or '') from the model card, without loading torch."""
+        """(one-line description, warning or '') from the model card, without loading torch; the card
+        is read once per file version (the widget asks on every parameter change)."""
         if path is None or str(path) in ("", "."):
             return _("No model selected."), ""
         from MVCTEnhanceLib.engine.errors import MVCTEnhanceError
-        from MVCTEnhanceLib.engine.modelfile import read_card
 
         try:
-            card = read_card(path)
-        except MVCTEnhanceError as exc:
+            stat = Path(path).stat()
+            card = _readCard(str(path), stat.st_mtime_ns, stat.st_size)
+        except (OSError, MVCTEnhanceError) as exc:
             return "", str(exc)
         info = f"{card.name} {card.version} — {card.pixel_spacing_mm[0]:g} x {card.pixel_spacing_mm[1]:g} mm, " \
                f"HU window {card.hu_window[0]:g}..{card.hu_window[1]:g}"
         warning = ""
-        if "untrained" in json.dumps(card.training_data).lower():
+        if card.is_test_model():
             warning = _("This is the tiny UNTRAINED test model: its output is not a kV-like image. "
                         "Use it only to check the installation.")
         return info, warning
 
     # -- dependencies ------------------------------------------------------------------------------
 
-    def ensureDependencies(self, askConfirmation: bool = True) -> None:
-        """torch (through the PyTorch extension) and the packages of Resources/requirements.txt."""
-        self._ensureTorch(askConfirmation)
-        self._ensurePackages(askConfirmation)
-
     @staticmethod
-    def _ensureTorch(askConfirmation: bool) -> None:
-        from packaging.specifiers import SpecifierSet
-        from packaging.version import Version
+    def ensureDependencies(confirm: Optional[Callable[[str], bool]] = None) -> None:
+        """torch (PyTorch extension) and Resources/requirements.txt; ``confirm(message)`` asks the user
+        (None: install without asking). Never installs under --testing. Raises DependencyError."""
+        from MVCTEnhanceMRML import dependencies
 
-        try:
-            import PyTorchUtils
-        except ImportError:
-            PyTorchUtils = None
-        if PyTorchUtils is not None:
-            torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-            if not torchLogic.torchInstalled():
-                if slicer.app.testingEnabled():
-                    raise DependencyError("PyTorch is not installed and installs are skipped in --testing mode; "
-                                          "install it first in a normal (non-testing) Slicer run")
-                torch = torchLogic.installTorch(askConfirmation=askConfirmation,
-                                                torchVersionRequirement=TORCH_REQUIREMENT)
-                if torch is None:
-                    raise DependencyError(_("PyTorch is required and was not installed. Press Enhance again to "
-                                            "install it, or install it from the PyTorch Utils module."))
-        try:
-            import torch
-        except ImportError:
-            raise DependencyError(_("PyTorch is not available. Install the 'PyTorch' extension from the Extensions "
-                                    "Manager, restart Slicer and press Enhance again.")) from None
-        version = Version(torch.__version__.split("+")[0])
-        if version not in SpecifierSet(TORCH_REQUIREMENT):
-            raise DependencyError(_("PyTorch {version} is too old: MVCT Enhance needs torch{requirement}. In the "
-                                    "PyTorch Utils module, uninstall PyTorch, restart Slicer and press Enhance "
-                                    "again.").format(version=torch.__version__, requirement=TORCH_REQUIREMENT))
-
-    @staticmethod
-    def _ensurePackages(askConfirmation: bool) -> None:
-        import importlib
-        import inspect
-
-        requirementsPath = resourceFile("requirements.txt")
-        if requirementsPath is None:
-            return
-        # Slicer >= 5.12 has pip_ensure (slicer.packaging, named slicer.pydeps in some builds).
-        for moduleName in ("slicer.packaging", "slicer.pydeps"):
-            try:
-                helpers = importlib.import_module(moduleName)
-            except ImportError:
-                continue
-            if hasattr(helpers, "pip_ensure") and hasattr(helpers, "load_requirements"):
-                accepted = inspect.signature(helpers.pip_ensure).parameters
-                options = {"requester": "MVCT Enhance", "prompt_install": askConfirmation, "prompt": askConfirmation}
-                try:
-                    helpers.pip_ensure(helpers.load_requirements(requirementsPath),
-                                       **{k: v for k, v in options.items() if k in accepted})
-                except Exception as exc:
-                    raise DependencyError(_("Installing the Python packages listed in {path} failed: {error}. Check "
-                                            "the network connection and the Python console for pip's output.").format(
-                                                path=requirementsPath, error=exc)) from None
-                return
-        # Slicer 5.10-5.11: check ourselves, install with slicer.util.pip_install.
-        from importlib.metadata import PackageNotFoundError, version
-
-        from packaging.requirements import Requirement
-
-        missing = []
-        for line in requirementsPath.read_text().splitlines():
-            line = line.strip()
-            if not line or line.startswith(("#", "-")):
-                continue
-            requirement = Requirement(line)
-            try:
-                ok = version(requirement.name) in requirement.specifier
-            except PackageNotFoundError:
-                ok = False
-            if not ok:
-                missing.append(str(requirement))
-        if not missing:
-            return
-        if slicer.app.testingEnabled():
-            raise DependencyError(f"missing Python packages {', '.join(missing)}; installs are skipped in --testing "
-                                  "mode: install them first in a normal Slicer run")
-        if askConfirmation and not slicer.util.confirmOkCancelDisplay(
-                _("MVCT Enhance needs these Python packages: {packages}. Install them now?").format(
-                    packages=", ".join(missing))):
-            raise DependencyError(_("Required Python packages were not installed: {packages}").format(
-                packages=", ".join(missing)))
-        try:
-            slicer.util.pip_install(missing)
-        except Exception as exc:
-            raise DependencyError(_("pip could not install {packages}: {error}. See the Python console for pip's "
-                                    "output.").format(packages=", ".join(missing), error=exc)) from None
+        dependencies.ensureTorch(confirm, slicer.app.testingEnabled())
+        dependencies.ensurePackages(resourceFile("requirements.txt"), confirm, slicer.app.testingEnabled(),
+                                    slicer.util.pip_install)
 
     # -- running -----------------------------------------------------------------------------------
 
@@ -507,24 +444,23 @@ class MVCTEnhanceLogic(ScriptedLoadableModuleLogic):
         p.resultsTable = outputs.resultsTable
         return outputs
 
-    def run(self, inputVolume, planningVolume=None, modelPath=None, device: str = "auto", batchSize: int = 0,
-            computeMetrics: bool = True, noiseSD: float = 20.0, nselfssimWindow=(-160.0, 240.0),
-            overlayMap: str = "nselfssim", overlayOpacity: float = 0.5, progress=None, shouldCancel=None,
-            layoutHook=None):
+    def run(self, inputVolume, planningVolume=None, modelPath=None, overlayMap: str = "nselfssim",
+            overlayOpacity: float = 0.5, progress=None, shouldCancel=None, layoutHook=None, **settings):
         """One blocking call: convert ``inputVolume`` and return the new nodes (EnhanceOutputs).
 
-        ``modelPath`` defaults to the shipped model. Raises MVCTEnhanceError subclasses for bad input,
-        a bad model, or a cancel; nothing is added to the scene then.
+        ``modelPath`` defaults to the shipped model; ``settings`` are the parameter node's names
+        (device, batchSize, computeMetrics, noiseSD, nselfssimWindow, seed), the engine's defaults
+        otherwise. Raises MVCTEnhanceError subclasses for bad input, a bad model, or a cancel;
+        nothing is added to the scene then.
         """
         import MVCTEnhanceMRML
 
         if modelPath is None or str(modelPath) in ("", "."):
             modelPath = self.defaultModelPath()
         return MVCTEnhanceMRML.enhanceVolumeNode(
-            slicer.mrmlScene, inputVolume, modelPath, planningNode=planningVolume, device=device,
-            batchSize=batchSize, computeMetrics=computeMetrics, noiseSD=noiseSD, nselfssimWindow=nselfssimWindow,
-            overlayMap=overlayMap, overlayOpacity=overlayOpacity, progress=progress, shouldCancel=shouldCancel,
-            layoutHook=layoutHook)
+            slicer.mrmlScene, inputVolume, modelPath, planningNode=planningVolume, overlayMap=overlayMap,
+            overlayOpacity=overlayOpacity, progress=progress, shouldCancel=shouldCancel, layoutHook=layoutHook,
+            **settings)
 
     @staticmethod
     def applyOverlay(parameterNode: MVCTEnhanceParameterNode) -> None:
@@ -537,19 +473,6 @@ class MVCTEnhanceLogic(ScriptedLoadableModuleLogic):
         mapNode = {"nselfssim": p.nselfssimVolume, "dig": p.digVolume}.get(p.overlayMap)
         MVCTEnhanceMRML.setOverlayMap(slicer.mrmlScene, p.enhancedVolume.GetID(),
                                       mapNode.GetID() if mapNode else None, p.overlayOpacity)
-
-    @staticmethod
-    def fitViews(enhancedVolume) -> None:
-        """Layout hook: align the comparison views to the volume's planes and fit them (needs a main window)."""
-        layoutManager = slicer.app.layoutManager()
-        if layoutManager is None:
-            return
-        for viewName in ("Red", "Yellow"):
-            sliceWidget = layoutManager.sliceWidget(viewName)
-            if sliceWidget is None:
-                continue
-            sliceWidget.mrmlSliceNode().RotateToVolumePlane(enhancedVolume)
-            sliceWidget.sliceLogic().FitSliceToAll()
 
 
 #
@@ -601,12 +524,12 @@ class MVCTEnhanceTest(ScriptedLoadableModuleTest):
         mvct, planning = self._loadSample()
         before = MVCTEnhanceMRML.nodeFingerprint(mvct)
         logic = MVCTEnhanceLogic()
-        logic.ensureDependencies(askConfirmation=False)
+        logic.ensureDependencies(confirm=None)
 
         self.delayDisplay("Enhancing with the tiny test generator")
         fractions = []
         outputs = logic.run(mvct, planningVolume=planning, modelPath=self._tinyModel(), device="cpu",
-                            progress=lambda f, m: fractions.append(f), layoutHook=logic.fitViews)
+                            progress=lambda f, m: fractions.append(f), layoutHook=MVCTEnhanceWidget.fitViews)
 
         self.assertEqual(MVCTEnhanceMRML.nodeFingerprint(mvct)[:4], before[:4], "the input node was modified")
         self.assertAlmostEqual(fractions[-1], 1.0)

@@ -494,3 +494,76 @@ def test_engine_domain_warnings_reach_the_outputs():
     assert spacingNotes[0] in json.loads(out.enhancedVolume.GetAttribute("MVCTEnhance.Warnings"))
     assert json.loads(out.enhancedVolume.GetAttribute("MVCTEnhance.Parameters"))["enhance"]["resampled"] is True
     assert _matrix(out.enhancedVolume) == _matrix(mvct)  # resampled internally, returned on the input grid
+
+
+# -- one enhance job -------------------------------------------------------------------------------
+
+def _fieldPaths(d, prefix=""):
+    """Every key path of a nested report ('metrics.nselfssim.output.mean', ...), lists as leaves."""
+    paths = set()
+    for key, value in d.items():
+        path = f"{prefix}{key}"
+        paths.add(path)
+        if isinstance(value, dict):
+            paths |= _fieldPaths(value, path + ".")
+    return paths
+
+
+def test_cli_and_slicer_run_the_same_job_and_report_the_same_fields(tmp_path):
+    """The command line and the Slicer logic both call engine.job.run_enhance: same fields, same numbers."""
+    from MVCTEnhanceLib import cli
+
+    volume = _phantomVolume(seed=3)
+    planningVolume = _phantomVolume(seed=4)
+    mvctFile = write_volume(volume, tmp_path / "mvct.nrrd")
+    planningFile = write_volume(planningVolume, tmp_path / "planning.nrrd")
+    reportFile = tmp_path / "report.json"
+    assert cli.main(["enhance", str(mvctFile), "-o", str(tmp_path / "out.nrrd"), "--report", str(reportFile),
+                     "--planning-ct", str(planningFile), "--model", str(TINY_MODEL), "--device", "cpu"]) == 0
+    fromCli = json.loads(reportFile.read_text())
+
+    scene = _newScene()
+    mvct = _addVolume(scene, "MVCT", volume)
+    planning = _addVolume(scene, "Planning CT", planningVolume)
+    outputs = MVCTEnhanceMRML.enhanceVolumeNode(scene, mvct, str(TINY_MODEL), planningNode=planning, device="cpu")
+    fromSlicer = json.loads(outputs.enhancedVolume.GetAttribute("MVCTEnhance.Report"))
+    assert fromSlicer == json.loads(json.dumps(outputs.report, default=str))
+
+    # What only a front end knows: files for the CLI, nodes for Slicer.
+    frontEnd = {"outputs", "output_type", "input.path", "planning_ct.path", "input.node", "input.id",
+                "planning_ct.node", "planning_ct.id", "timings_s.load", "timings_s.write", "timings_s.total"}
+    def shared(paths):
+        return {p for p in paths if not any(p == f or p.startswith(f + ".") for f in frontEnd)}
+
+    assert shared(_fieldPaths(fromCli)) == shared(_fieldPaths(fromSlicer))
+    assert "metrics.nselfssim.planning_ct.mean" in shared(_fieldPaths(fromSlicer))
+    for key in ("metrics.nselfssim.input.mean", "metrics.nselfssim.output.mean",
+                "metrics.nselfssim.planning_ct.mean", "metrics.dig.output.mean"):
+        a, b = fromCli, fromSlicer
+        for part in key.split("."):
+            a, b = a[part], b[part]
+        assert a == pytest.approx(b, rel=1e-9), key
+    assert fromCli["warnings"] == fromSlicer["warnings"] and "untrained" in fromCli["warnings"][0]
+    assert fromCli["settings"] == fromSlicer["settings"]
+
+
+# -- dependencies ----------------------------------------------------------------------------------
+
+def test_missing_requirements_are_found_and_installs_need_consent(tmp_path):
+    from MVCTEnhanceMRML import dependencies
+
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("# comment\nnumpy>=1.0  # installed here\nnumpy<1.0\n"
+                            "mvctenhance-no-such-package>=1\n--index-url https://example.invalid\n")
+    assert dependencies.missingRequirements(requirements) == ["numpy<1.0", "mvctenhance-no-such-package>=1"]
+    installed = []
+    with pytest.raises(dependencies.DependencyError, match="--testing"):
+        dependencies.ensurePackages(requirements, None, True, installed.extend)
+    with pytest.raises(dependencies.DependencyError, match="not installed: numpy<1.0"):
+        dependencies.ensurePackages(requirements, lambda message: False, False, installed.extend)
+    assert installed == []  # nothing installed without consent
+    satisfied = tmp_path / "ok.txt"
+    satisfied.write_text("numpy>=1.0\n")
+    assert dependencies.ensurePackages(satisfied, lambda message: False, False, installed.extend) == []
+    assert dependencies.torchProblem() == ""  # torch 2.13 here
+    assert "too old" in dependencies.torchProblem(">=99")

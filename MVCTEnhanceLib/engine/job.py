@@ -6,7 +6,7 @@ converts the MVCT, assesses the input and the result (DIG, NSelfSSIM, in the inp
 the planning CT (its NSelfSSIM: the level a converted image should approach), and collects every
 warning and the provenance (model card and sha256, engine version, device, settings, timings).
 Callers only move volumes in and out: files (``filejobs``), MRML nodes (the Slicer module) or a
-study's cases. Every default of the job is written here, once.
+study's cases. Every default of the job is written once, in :mod:`.settings`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from typing import Any, Callable
 
 from .errors import EnhanceCancelled, InputError
 from .inference import EnhanceResult, enhance
-from .metrics import NSELFSSIM_NOISE_SD, NSELFSSIM_WINDOW, Assessment, assess, body_mask
+from .metrics import Assessment, assess, body_mask
 from .modelfile import LoadedModel
+from .settings import EnhanceSettings, MetricSettings  # noqa: F401  (part of the job's interface)
 from .version import __version__
 from .volume import Volume
 
@@ -26,44 +27,6 @@ from .volume import Volume
 ProgressFn = Callable[[str, int, int], None]
 CancelFn = Callable[[], bool]
 STAGES = ("enhance", "metrics", "planning")
-
-
-@dataclasses.dataclass(frozen=True)
-class MetricSettings:
-    """NSelfSSIM and DIG settings (see :mod:`.metrics`); one seed makes the maps reproducible."""
-
-    noise_sd: float = NSELFSSIM_NOISE_SD
-    window: tuple[float, float] = NSELFSSIM_WINDOW
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        window = tuple(float(v) for v in self.window)
-        if len(window) != 2 or not window[0] < window[1]:
-            raise InputError(f"NSelfSSIM window must be (low, high) HU with low < high, got {self.window!r}")
-        if not float(self.noise_sd) > 0:
-            raise InputError(f"NSelfSSIM noise SD must be > 0 HU, got {self.noise_sd!r}")
-        object.__setattr__(self, "window", window)
-        object.__setattr__(self, "noise_sd", float(self.noise_sd))
-        object.__setattr__(self, "seed", int(self.seed))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"noise_sd": self.noise_sd, "window": list(self.window), "seed": self.seed}
-
-
-@dataclasses.dataclass(frozen=True)
-class EnhanceSettings:
-    """How to run the network and whether to assess the result."""
-
-    device: str = "auto"
-    batch_size: int | None = None          # None: the device's default (inference.DEFAULT_BATCH)
-    precision: str = "auto"
-    resample: bool = True                  # to the card's pixel spacing, and back
-    assess: bool = True                    # DIG / NSelfSSIM maps and summaries
-    metrics: MetricSettings = MetricSettings()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"device": self.device, "batch_size": self.batch_size, "precision": self.precision,
-                "resample": self.resample, "assess": self.assess, "metrics": self.metrics.to_dict()}
 
 
 @dataclasses.dataclass

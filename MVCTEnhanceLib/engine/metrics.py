@@ -26,6 +26,7 @@ from scipy import ndimage
 
 from .device import resolve_device
 from .errors import EnhanceCancelled, InputError
+from .settings import BODY_THRESHOLD_HU, NSELFSSIM_NOISE_SD, NSELFSSIM_WINDOW
 from .volume import Volume
 
 Progress = Callable[[int, int], None] | None
@@ -37,12 +38,6 @@ SSIM_K2 = 0.03
 SSIM_TRUNCATE = 3.5
 #: SynthRAD convention for full-reference metrics: clip to this HU range, its width is the data range.
 SYNTHRAD_RANGE = (-1024.0, 3000.0)
-#: NSelfSSIM defaults: a soft-tissue window with ~20 HU of added noise reproduces the paper's pattern
-#: (MVCT ~0.9 against planning kV CT ~0.73) on realistic simulated pairs; wider windows saturate.
-NSELFSSIM_NOISE_SD = 20.0
-NSELFSSIM_WINDOW = (-160.0, 240.0)
-#: Body threshold: far above air (-1000) even with MVCT's tens-of-HU noise, below fat (about -100).
-BODY_THRESHOLD_HU = -400.0
 
 
 @dataclasses.dataclass(frozen=True)
