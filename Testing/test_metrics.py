@@ -202,8 +202,9 @@ def test_assess_computes_maps_and_serialisable_summaries(phantom_volume):
     result = metrics.assess(phantom_volume, shifted, device="cpu", progress=lambda d, t: seen.append((d, t)))
     assert seen[-1] == (12, 12) and all(b[0] >= a[0] for a, b in zip(seen, seen[1:]))
     s = json.loads(json.dumps(result.summaries))
-    assert set(s) == {"nselfssim", "dig", "body_mask", "parameters"}
+    assert set(s) == {"nselfssim", "dig", "tissue_change", "body_mask", "parameters"}
     assert set(s["nselfssim"]) == {"input", "output"} and set(s["dig"]) == {"output"}
+    assert s["tissue_change"]["output"]["volume_cm3"] == 0.0  # a 50 HU shift changes no tissue class
     assert s["dig"]["output"]["p95"] < 1e-3  # a constant shift has no edges
     assert s["body_mask"]["n_voxels"] == int(result.mask.sum()) > 0
     assert s["parameters"]["noise_sd"] == 20.0 and s["parameters"]["window"] == [-160.0, 240.0]
@@ -262,3 +263,29 @@ def test_inputs_are_never_modified_and_any_numeric_dtype_works(phantom_volume):
     dig = metrics.dig_map(Volume(a), Volume(b), device="cpu").array
     ref = metrics.dig_map(Volume(a.astype(np.float32)), Volume(b.astype(np.float32)), device="cpu").array
     assert np.array_equal(dig, ref) and dig.max() == pytest.approx(20000.0 ** 2)
+
+
+def test_tissue_change_map_finds_erased_tissue_that_dig_sees_only_at_its_rim(phantom_volume):
+    """Fat and muscle turned into air: DIG lights up the rim, the tissue-change map the whole region."""
+    arr = phantom_volume.array.copy()
+    body = metrics.body_mask(phantom_volume)
+    axis = phantom_volume.axial_axis()
+    rows = np.moveaxis(np.indices(arr.shape), 0, -1)[..., [a for a in range(3) if a != axis]]
+    centre = np.array([n / 2 for a, n in enumerate(arr.shape) if a != axis])
+    region = (np.linalg.norm(rows - centre, axis=-1) < 10) & body & (arr > -200) & (arr < 200)
+    assert region.sum() > 200
+    erased = arr.copy()
+    erased[region] = -1000.0
+    tissue, summary = metrics.tissue_change_map(phantom_volume, phantom_volume.with_array(erased), body)
+    voxel_cm3 = float(np.prod(phantom_volume.spacing)) / 1000
+    found = tissue.array.astype(bool)
+    assert (found & region).sum() > 0.8 * region.sum()  # the inside of the region, not only its rim
+    from scipy import ndimage
+
+    inplane = np.expand_dims(ndimage.generate_binary_structure(2, 1), axis)
+    assert not (found & ~ndimage.binary_dilation(region, inplane, iterations=2)).any()  # the smoothing's rim only
+    assert summary["volume_cm3"] == pytest.approx(found.sum() * voxel_cm3)
+    assert max(summary["transitions_cm3"], key=summary["transitions_cm3"].get).endswith("-> air")
+    noisy = arr + np.random.default_rng(0).normal(0, 30, arr.shape).astype(np.float32)  # MVCT-like noise only
+    _, quiet = metrics.tissue_change_map(phantom_volume, phantom_volume.with_array(noisy), body)
+    assert quiet["fraction"] < 0.01

@@ -115,6 +115,12 @@ class _SliceConverter:
         self.lo, self.hi = card.hu_window
         self.below_gain = float(card.outside_window.get("below_gain", 1.0))
         self.above_gain = float(card.outside_window.get("above_gain", 1.0))
+        self.calibration = card.anchor()
+        self.bound = float(card.max_change_hu) if card.bounded else None
+
+    def anchor(self, x: Any) -> Any:
+        """What the network changes: the calibrated MVCT (bounded models), else the MVCT itself."""
+        return self.calibration.apply_torch(x) if self.calibration is not None else x
 
     @staticmethod
     def _resize(x: Any, size: tuple[int, int]) -> Any:
@@ -140,7 +146,8 @@ class _SliceConverter:
         x = torch.from_numpy(slices_hu).to(self.dev).unsqueeze(1)  # (B, 1, H, W) HU
         h, w = x.shape[-2:]
         x_net_grid = self._resize(x, self.net_hw) if self.net_hw else x
-        clipped = x_net_grid.clamp(self.lo, self.hi)
+        anchor = self.anchor(x_net_grid)
+        clipped = anchor.clamp(self.lo, self.hi)
         net_in = self._pad(clipped * self.a + self.b)
         if self.amp_dtype is not None:
             with torch.autocast(device_type=self.dev.type, dtype=self.amp_dtype):
@@ -148,15 +155,22 @@ class _SliceConverter:
         else:
             y = self.module(net_in)
         gh, gw = clipped.shape[-2:]
-        net_unpadded = net_in[..., :gh, :gw]
-        # Written as input + change so that a generator returning its input changes nothing, bit for
-        # bit; algebraically it is y_HU + gain * (x - clip(x)).
-        excess = x_net_grid - clipped
-        change = (y[..., :gh, :gw].float() - net_unpadded) / self.a
-        change = change + (self.below_gain - 1.0) * excess.clamp(max=0.0) + (self.above_gain - 1.0) * excess.clamp(min=0.0)
+        y = y[..., :gh, :gw].float()
+        if self.bound is not None:
+            # The bound is the engine's, not the weights': t is clamped to [-1, 1] whatever the file holds,
+            # and resampling (convex weights) cannot leave [-bound, bound] either.
+            change = self.bound * y.clamp(-1.0, 1.0)
+        else:
+            # Written as input + change so that a generator returning its input changes nothing, bit for
+            # bit; algebraically it is y_HU + gain * (x - clip(x)).
+            excess = anchor - clipped
+            change = (y - net_in[..., :gh, :gw]) / self.a
+            change = change + (self.below_gain - 1.0) * excess.clamp(max=0.0) + (self.above_gain - 1.0) * excess.clamp(min=0.0)
         if self.net_hw:
             change = self._resize(change, (h, w))
-        out = x + change
+            if self.bound is not None:
+                change = change.clamp(-self.bound, self.bound)
+        out = (self.anchor(x) if self.net_hw else anchor) + change
         return out[:, 0].cpu().numpy()
 
 

@@ -17,9 +17,10 @@ from typing import Any, Callable
 
 from .errors import EnhanceCancelled, InputError
 from .inference import EnhanceResult, enhance
+from .calibration import tissue_calibration
 from .metrics import Assessment, assess, body_mask
 from .modelfile import LoadedModel
-from .settings import EnhanceSettings, MetricSettings  # noqa: F401  (part of the job's interface)
+from .settings import EnhanceSettings, MetricSettings  # noqa: F401  (MetricSettings: part of the job's interface)
 from .version import __version__
 from .volume import Volume
 
@@ -27,6 +28,9 @@ from .volume import Volume
 ProgressFn = Callable[[str, int, int], None]
 CancelFn = Callable[[], bool]
 STAGES = ("enhance", "metrics", "planning")
+#: Above this fraction of the body with a changed tissue class the job warns (a good conversion
+#: changes only voxels at tissue boundaries; erasing a structure changes many).
+TISSUE_CHANGE_WARN_FRACTION = 0.01
 
 
 @dataclasses.dataclass
@@ -84,6 +88,17 @@ def model_warnings(loaded: LoadedModel) -> list[str]:
     return []
 
 
+def tissue_change_warnings(summary: dict[str, Any]) -> list[str]:
+    """A warning when the conversion changed the tissue class of more than a sliver of the body."""
+    if summary["fraction"] <= TISSUE_CHANGE_WARN_FRACTION:
+        return []
+    worst = sorted(summary["transitions_cm3"].items(), key=lambda kv: -kv[1])[:3]
+    detail = ", ".join(f"{name} {cm3:.1f} cm³" for name, cm3 in worst)
+    return [f"the conversion changed the tissue class of {summary['volume_cm3']:.1f} cm³ "
+            f"({100 * summary['fraction']:.1f} % of the body; {detail}): anatomy may have been altered; "
+            "look at the tissue-change map before using the image"]
+
+
 def _stage(progress: ProgressFn | None, name: str) -> Callable[[int, int], None] | None:
     return (lambda done, total: progress(name, done, total)) if progress is not None else None
 
@@ -108,13 +123,17 @@ def run_enhance(volume: Volume, model: LoadedModel, planning: Volume | None = No
     if settings.assess:
         ms = settings.metrics
         kw = dict(noise_sd=ms.noise_sd, window=ms.window, seed=ms.seed, device=settings.device, should_cancel=cancel)
-        assessment = assess(volume, enhanced.volume, mask=body_mask(volume), progress=_stage(progress, "metrics"), **kw)
+        anchor = volume.with_array((model.card.anchor() or tissue_calibration()).apply(volume.array))
+        assessment = assess(volume, enhanced.volume, mask=body_mask(volume), anchor=anchor,
+                            progress=_stage(progress, "metrics"), **kw)
         if planning is not None:
             planning_assessment = assess(planning, progress=_stage(progress, "planning"), **kw)
     if cancel is not None and cancel():
         raise EnhanceCancelled("cancelled after the conversion; no output was produced")
     t2 = time.perf_counter()
     warnings = model_warnings(model) + list(volume.warnings) + list(enhanced.warnings)
+    if assessment is not None:
+        warnings += tissue_change_warnings(assessment.summaries["tissue_change"]["output"])
     if planning is not None:
         warnings += [f"planning CT: {w}" for w in planning.warnings]
     timings = {"enhance": round(t1 - t0, 4), "metrics": round(t2 - t1, 4),

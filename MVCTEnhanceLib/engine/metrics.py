@@ -68,6 +68,8 @@ METRICS: dict[str, MetricInfo] = {m.name: m for m in (
     MetricInfo("mae", "MAE", "HU", "lower", needs_reference=True),
     MetricInfo("psnr", "PSNR", "dB", "higher", needs_reference=True),
     MetricInfo("ssim", "SSIM", "", "higher", needs_reference=True),
+    MetricInfo("tissue_change", "Tissue change", "cm³", "lower",
+               note="lower = fewer voxels changed tissue class (air, lung, fat, soft tissue, bone)"),
 )}
 #: Body mask: in-plane opening radius (mm) that removes noise specks and thin couch/cable bridges.
 BODY_OPENING_MM = 2.0
@@ -404,6 +406,64 @@ def summarize(values: Volume | np.ndarray, mask: np.ndarray, axis: int = 0) -> d
             "p95": float(np.percentile(inside, 95)), "n_voxels": int(inside.size), "per_slice_mean": per_slice}
 
 
+# --------------------------------------------------------------------------------------------------
+# Tissue change
+# --------------------------------------------------------------------------------------------------
+
+#: Tissue classes by HU (kV scale), lowest first: (name, upper bound). The bounds sit between the
+#: tissues' values (air -1000, lung about -750, fat about -90, water/muscle 0..60, bone > 300).
+TISSUE_CLASSES: tuple[tuple[str, float], ...] = (
+    ("air", -850.0), ("lung", -250.0), ("fat", -30.0), ("soft tissue", 250.0), ("bone", math.inf))
+#: A voxel counts as changed only when the output leaves its reference class by more than this: noise
+#: and small, smooth HU shifts near a class boundary (fat at -40 next to -30) are not a change of tissue.
+TISSUE_MARGIN_HU = 50.0
+#: In-plane Gaussian smoothing before classifying both images: MVCT noise (tens of HU) would otherwise
+#: flip single voxels between neighbouring classes.
+TISSUE_SMOOTH_MM = 1.0
+
+
+def _tissue_class(hu: np.ndarray) -> np.ndarray:
+    return np.searchsorted(np.array([b for _, b in TISSUE_CLASSES[:-1]]), hu, side="right").astype(np.int8)
+
+
+def tissue_change_map(reference: Volume, converted: Volume, mask: np.ndarray | None = None) -> tuple[Volume, dict]:
+    """Voxels whose tissue class (air, lung, fat, soft tissue, bone) the conversion changed.
+
+    ``reference`` is what the tissue should be (the calibrated MVCT: the conversion may shift HU
+    within a class but not turn fat into air). Returns the map (1 = changed, 0 = not; inside ``mask``
+    only) and a JSON-able summary: changed volume in cm³, fraction of the mask, and the volume of
+    each class transition ("fat -> air").
+    """
+    if not reference.same_geometry(converted):
+        raise InputError("the tissue-change map compares two images on the same voxel grid")
+    mask = body_mask(reference) if mask is None else np.asarray(mask, dtype=bool)
+    axis = reference.axial_axis()
+    sigma = [0.0, 0.0, 0.0]
+    for a, sp in zip([x for x in range(3) if x != axis], reference.inplane_spacing(axis)):
+        sigma[a] = TISSUE_SMOOTH_MM / sp
+    ref = ndimage.gaussian_filter(reference.array.astype(np.float32), sigma, mode="nearest")
+    out = ndimage.gaussian_filter(converted.array.astype(np.float32), sigma, mode="nearest")
+    cls_ref, cls_out = _tissue_class(ref), _tissue_class(out)
+    bounds = np.array([-math.inf] + [b for _, b in TISSUE_CLASSES])
+    lower, upper = bounds[cls_ref] - TISSUE_MARGIN_HU, bounds[cls_ref + 1] + TISSUE_MARGIN_HU
+    changed = mask & ((out < lower) | (out > upper))
+    voxel_cm3 = float(np.prod(reference.spacing)) / 1000.0
+    transitions = {}
+    if changed.any():
+        pairs, counts = np.unique(cls_ref[changed].astype(np.int16) * 8 + cls_out[changed], return_counts=True)
+        for code, count in zip(pairs, counts):
+            name = f"{TISSUE_CLASSES[code // 8][0]} -> {TISSUE_CLASSES[code % 8][0]}"
+            transitions[name] = round(float(count) * voxel_cm3, 4)
+    n_mask = int(mask.sum())
+    summary = {"volume_cm3": float(changed.sum()) * voxel_cm3, "fraction": float(changed.sum()) / max(1, n_mask),
+               "n_voxels": int(changed.sum()), "transitions_cm3": transitions,
+               "per_slice_cm3": (np.moveaxis(changed, axis, 0).reshape(changed.shape[axis], -1).sum(1)
+                                 * voxel_cm3).round(4).tolist(),
+               "classes": {name: bound for name, bound in TISSUE_CLASSES[:-1]}, "margin_hu": TISSUE_MARGIN_HU,
+               "smoothing_mm": TISSUE_SMOOTH_MM}
+    return reference.with_array(changed.astype(np.float32)), summary
+
+
 @dataclasses.dataclass
 class Assessment:
     """Maps and summaries of :func:`assess`; ``summaries`` is JSON-serialisable."""
@@ -413,12 +473,13 @@ class Assessment:
     nselfssim_output: Volume | None
     dig: Volume | None
     summaries: dict
+    tissue_change: Volume | None = None
 
 
 def assess(original: Volume, converted: Volume | None = None, *, noise_sd: float = NSELFSSIM_NOISE_SD,
            window: tuple[float, float] = NSELFSSIM_WINDOW, sigma: float = 1.5, seed: int = 0,
-           device: Any = "auto", mask: np.ndarray | None = None, progress: Progress = None,
-           should_cancel: ShouldCancel = None) -> Assessment:
+           device: Any = "auto", mask: np.ndarray | None = None, anchor: Volume | None = None,
+           progress: Progress = None, should_cancel: ShouldCancel = None) -> Assessment:
     """No-reference assessment of an image and, if given, its conversion.
 
     The mask is :func:`body_mask` of the original unless one is given. Computes NSelfSSIM of the
@@ -427,6 +488,8 @@ def assess(original: Volume, converted: Volume | None = None, *, noise_sd: float
     "parameters": {...}}`` where each ``s`` is a :func:`summarize` dict along the axial axis; the
     "dig" key and the "output" entries exist only when ``converted`` is given. Both NSelfSSIM maps
     use the same seed, hence the same noise. progress(done, total) counts slices over all maps.
+    With ``converted``, the tissue-change map compares it with ``anchor`` (the calibrated original;
+    default the original itself) under ``summaries["tissue_change"]["output"]``.
     """
 
     _check_volume(original, "original image")
@@ -462,6 +525,8 @@ def assess(original: Volume, converted: Volume | None = None, *, noise_sd: float
         dig = dig_map(original, converted, device=dev, progress=_offset_progress(progress, 2 * n, total),
                       should_cancel=should_cancel)
         summaries["dig"] = {"output": summarize(dig, mask, axis)}
+        tissue, tissue_summary = tissue_change_map(anchor if anchor is not None else original, converted, mask)
+        summaries["tissue_change"] = {"output": tissue_summary}
     n_mask = int(mask.sum())
     summaries["body_mask"] = {"source": mask_source, "threshold_hu": threshold, "n_voxels": n_mask,
                               "fraction": n_mask / mask.size}
@@ -471,7 +536,7 @@ def assess(original: Volume, converted: Volume | None = None, *, noise_sd: float
         "axial_axis": axis, "ssim": "2D per slice, Gaussian window, population covariance (Wang et al. 2004)",
         "dig_units": "HU^2/mm^2",
     }
-    return Assessment(mask, ns_in, ns_out, dig, summaries)
+    return Assessment(mask, ns_in, ns_out, dig, summaries, tissue if converted is not None else None)
 
 
 # --------------------------------------------------------------------------------------------------

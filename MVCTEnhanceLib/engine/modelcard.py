@@ -11,10 +11,14 @@ import dataclasses
 import json
 from typing import Any
 
-from .errors import ModelError
+from .calibration import Calibration
+from .errors import InputError, ModelError
 
 CARD_SCHEMA = "mvctenhance-model-card"
-CARD_SCHEMA_VERSION = 1
+#: 2: optional physics anchor (``calibration``) and bounded change (``max_change_hu``). Version-1 cards
+#: load and run as before; engines that read only version 1 refuse version-2 cards instead of
+#: misreading a bounded model's output as an image.
+CARD_SCHEMA_VERSION = 2
 CARD_FILENAME = "model_card.json"  # name of the extra file inside the TorchScript archive
 #: Total downsampling of the generators' encoders; the engine pads every input to a multiple of it.
 STRIDE = 4
@@ -45,6 +49,12 @@ class ModelCard:
     not_for_diagnosis: str = NOT_FOR_DIAGNOSIS
     perceptual_phi: str = "none"
     architecture: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: MV -> kV anchor (:class:`.calibration.Calibration` as a dict); None: the MVCT as it is.
+    calibration: dict[str, Any] | None = None
+    #: The network's output t in [-1, 1] is a change of at most this many HU added to the anchor
+    #: (the engine clamps t, so no weights can move a voxel further). None: the network's output is
+    #: the image itself (the paper's unbounded generator).
+    max_change_hu: float | None = None
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -52,7 +62,11 @@ class ModelCard:
         extra = d.pop("extra")
         d["hu_window"] = list(self.hu_window)
         d["pixel_spacing_mm"] = list(self.pixel_spacing_mm)
-        out = {"schema": CARD_SCHEMA, "schema_version": CARD_SCHEMA_VERSION}
+        version = CARD_SCHEMA_VERSION if (self.calibration or self.max_change_hu) else 1
+        out = {"schema": CARD_SCHEMA, "schema_version": version}
+        if self.calibration is None and self.max_change_hu is None:  # a version-1 card, as older engines wrote it
+            d.pop("calibration")
+            d.pop("max_change_hu")
         out.update(d)
         out.update(extra)
         return out
@@ -79,6 +93,14 @@ class ModelCard:
         if not isinstance(d, dict):
             raise ModelError("model card must be a JSON object")
         return cls.from_dict(d)
+
+    def anchor(self) -> Calibration | None:
+        """The card's :class:`.calibration.Calibration`, or None (the MVCT itself is the anchor)."""
+        return Calibration.from_dict(self.calibration, "the model card's calibration") if self.calibration else None
+
+    @property
+    def bounded(self) -> bool:
+        return self.max_change_hu is not None
 
     def is_test_model(self) -> bool:
         """True for the untrained test generators (their cards say so); their output is not kV-like."""
@@ -123,6 +145,14 @@ def validate_card(d: dict[str, Any]) -> None:
     ow = d.get("outside_window", {"below_gain": 1.0, "above_gain": 1.0})
     if not (isinstance(ow, dict) and all(_is_number(ow.get(k)) for k in ("below_gain", "above_gain"))):
         problems.append("'outside_window' must give numeric 'below_gain' and 'above_gain'")
+    bound = d.get("max_change_hu")
+    if bound is not None and not (_is_number(bound) and bound > 0):
+        problems.append(f"'max_change_hu' must be a positive number of HU or null, got {bound!r}")
+    if d.get("calibration") is not None:
+        try:
+            Calibration.from_dict(d["calibration"])
+        except InputError as exc:
+            problems.append(f"'calibration': {exc}")
     if problems:
         raise ModelError("invalid model card: " + "; ".join(problems))
 
