@@ -226,3 +226,33 @@ def test_cli_simulate_writes_same_geometry_and_refuses_overwrite(tmp_path, capsy
     assert "exists" in capsys.readouterr().err
     assert main(["simulate", str(src), "-o", str(src), "--overwrite"]) == 2  # never the input
     assert main(["simulate", str(tmp_path / "missing.nrrd"), "-o", str(tmp_path / "x.nrrd")]) == 2
+
+
+def test_randomised_settings_stay_in_their_ranges_and_are_seeded():
+    draws = [S.randomised_settings(np.random.default_rng([3, i])) for i in range(50)]
+    for name, (lo, hi) in S.TRAINING_RANGES.items():
+        values = [getattr(d, name) for d in draws]
+        assert lo - 1e-9 <= min(values) and max(values) <= hi + 1e-9, name
+        assert len(set(values)) > 1, name  # really drawn
+    assert S.randomised_settings(np.random.default_rng([3, 0])) == draws[0]
+    assert S.randomised_settings(np.random.default_rng(1), noise_sd=45.0).noise_sd == 45.0
+
+
+def test_machine_departures_change_the_image_as_their_names_say(clean):
+    img = _cylinder()
+    base = S.SimulatorSettings(noise_sd=0.0)
+    ref = S.simulate_slice(img, (1.0, 1.0), base, np.random.default_rng(0))
+    centre, edge = R < 20, (R > 80) & (R < 95)
+    bone = np.hypot(XX - 0.0, YY + 60.0) < 10
+    shifted = S.simulate_slice(img, (1.0, 1.0), S.SimulatorSettings(noise_sd=0.0, offset_hu=15.0, cupping_hu=-30.0),
+                               np.random.default_rng(0))
+    assert (shifted - ref)[centre].mean() == pytest.approx(15.0, abs=2.0)
+    assert (shifted - ref)[edge].mean() == pytest.approx(15.0 - 30.0 * 0.8, abs=8.0)
+    assert np.abs(shifted - ref)[R > 110].max() < 1.0  # air outside the body is untouched
+    hard = S.simulate_slice(img, (1.0, 1.0), S.SimulatorSettings(noise_sd=0.0, bone_gain=0.9), np.random.default_rng(0))
+    assert hard[bone].mean() == pytest.approx(0.9 * ref[bone].mean(), rel=0.03)
+    rings = S.simulate_slice(img, (1.0, 1.0), S.SimulatorSettings(noise_sd=0.0, ring_sd=0.003), np.random.default_rng(0))
+    diff = (rings - ref)[centre | edge]
+    assert diff.std() > 2.0  # visible rings
+    radial = [np.mean((rings - ref)[(R >= r) & (R < r + 1)]) for r in range(5, 90)]
+    assert np.std(radial) > 0.5 * diff.std()  # the pattern is radial: rings, not noise

@@ -48,6 +48,7 @@ import numpy as np
 from scipy import ndimage, special
 
 from ..engine.errors import InputError
+from ..engine.files import OutputSet
 from ..engine.volume import Volume, check_output_path, read_volume, validate_voxels, write_volume
 
 #: (kV HU at ~70 keV, MV HU at 1 MeV) anchors; ICRU Report 44 tissues, NIST XCOM cross sections,
@@ -69,6 +70,13 @@ VERSION = "mvsim-2"  # 2: noise by inverse CDF, one uniform per bin (CPU-indepen
 #: the shared 2-core development machine (0.77 s vs 2.4 s per 256x256 slice under load); parallelise
 #: over slices or processes instead.
 SIM_THREADS = 1
+#: Smallest in-plane size (pixels) simulated. The noise calibration (``_variance_gain``) measures the
+#: FBP variance over a central region of +-max(2, n/8) pixels, which must lie inside the slice and
+#: clear of the reconstruction's edge ring: below 16 pixels it reaches the edge (and below 4 it is
+#: empty and the noise level is NaN). A slice that small holds no anatomy worth simulating, so such
+#: images are refused with a clear error rather than padded (padding would change the anatomy the
+#: projections see, and the calibration would still describe the padded slice, not the input).
+MIN_SIMULATION_PIXELS = 16
 
 
 @contextlib.contextmanager
@@ -87,7 +95,12 @@ def _torch_threads(n: int):
 
 @dataclasses.dataclass(frozen=True)
 class SimulatorSettings:
-    """Everything that determines a simulation (recorded in dataset manifests)."""
+    """Everything that determines a simulation (recorded in dataset manifests).
+
+    The defaults are the reference machine; the fields after ``slice_thickness_mm`` model how real
+    MVCT departs from it (contrast, offsets, cupping, rings, streaks) and are drawn from ranges for
+    domain-randomised training data (:func:`randomised_settings`).
+    """
 
     noise_sd: float = 30.0                 # HU at the centre of a reference water cylinder
     reference_diameter_mm: float = 200.0
@@ -95,19 +108,59 @@ class SimulatorSettings:
     psf_fwhm_mm: float = 1.2               # detector + focal spot blur along the detector
     kernel: str = "shepp-logan"            # ramp apodisation: "shepp-logan", "hann" or "ramlak"
     slice_thickness_mm: float | None = None
+    soft_gain: float = 1.0                 # x the MV HU of fat and muscle (soft-tissue contrast vs water)
+    bone_gain: float = 1.0                 # x the MV HU of cortical bone
+    offset_hu: float = 0.0                 # added inside the body (calibration drift)
+    cupping_hu: float = 0.0                # body edge minus centre, smooth (beam hardening, scatter)
+    ring_sd: float = 0.0                   # relative SD of detector-channel gains (rings)
+    streak_views: int = 0                  # views with a gain error (streaks)
+    streak_gain: float = 0.0               # relative gain error of those views
     version: str = VERSION
+
+    def anchors(self) -> tuple[tuple[float, float], ...]:
+        """(kV HU, MV HU) anchors with this machine's contrast gains applied (air, lung, water fixed)."""
+        gains = {-76.0: self.soft_gain, 43.0: self.soft_gain, 1561.0: self.bone_gain}
+        return tuple((kv, mv * gains.get(kv, 1.0)) for kv, mv in HU_ANCHORS)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["hu_anchors_kv_to_mv"] = [list(a) for a in HU_ANCHORS]
+        d["hu_anchors_kv_to_mv"] = [list(a) for a in self.anchors()]
         d["mu_water_per_mm"] = MU_WATER_PER_MM
         return d
 
 
-def kv_to_mv_hu(hu_kv: np.ndarray) -> np.ndarray:
+#: Ranges of domain-randomised training data: (low, high) drawn uniformly per slice. Wide enough to
+#: cover machines and patients the reference settings do not (noise 15-50 HU, extra blur up to
+#: 1.5 mm, +-10 % contrast, offsets and cupping of tens of HU, rings, streaks).
+TRAINING_RANGES: dict[str, tuple[float, float]] = {
+    "noise_sd": (15.0, 50.0),
+    "psf_fwhm_mm": (0.0, 1.5 + 1.2),  # from none to 1.5 mm beyond the reference 1.2 mm
+    "soft_gain": (0.9, 1.1),
+    "bone_gain": (0.9, 1.1),
+    "offset_hu": (-20.0, 20.0),
+    "cupping_hu": (-30.0, 30.0),
+    "ring_sd": (0.0, 0.002),
+    "streak_views": (0.0, 4.0),
+    "streak_gain": (0.0, 0.03),
+}
+
+
+def randomised_settings(rng: np.random.Generator, ranges: dict[str, tuple[float, float]] | None = None,
+                        **fixed: Any) -> SimulatorSettings:
+    """Settings drawn from ``ranges`` (default :data:`TRAINING_RANGES`); ``fixed`` overrides a draw."""
+    ranges = TRAINING_RANGES if ranges is None else ranges
+    values: dict[str, Any] = {}
+    for name, (lo, hi) in ranges.items():
+        v = float(rng.uniform(lo, hi))
+        values[name] = int(round(v)) if name in ("streak_views", "n_views") else round(v, 4)
+    values.update(fixed)
+    return SimulatorSettings(**values)
+
+
+def kv_to_mv_hu(hu_kv: np.ndarray, anchors: tuple[tuple[float, float], ...] = HU_ANCHORS) -> np.ndarray:
     """HU at ~1 MeV of tissue with ``hu_kv`` at kV (see the module docstring; values < -1000 = air)."""
-    kv = np.array([a[0] for a in HU_ANCHORS])
-    mv = np.array([a[1] for a in HU_ANCHORS])
+    kv = np.array([a[0] for a in anchors])
+    mv = np.array([a[1] for a in anchors])
     x = np.maximum(np.asarray(hu_kv, dtype=np.float64), -1000.0)
     out = np.interp(x, kv, mv)
     hi = x > kv[-1]
@@ -318,10 +371,11 @@ def simulate_slice(hu_kv: np.ndarray, spacing: tuple[float, float], settings: Si
 
     if settings.noise_sd < 0:
         raise InputError(f"noise SD must be >= 0 HU, got {settings.noise_sd:g}")
+    _check_simulation_size((int(hu_kv.shape[0]), int(hu_kv.shape[1])), "the slice")
     shape = (int(hu_kv.shape[0]), int(hu_kv.shape[1]))
     spacing = (float(spacing[0]), float(spacing[1]))
     g = _geometry(shape, spacing, settings.n_views)
-    mu = torch.from_numpy(MU_WATER_PER_MM * (1.0 + kv_to_mv_hu(hu_kv) / 1000.0))
+    mu = torch.from_numpy(MU_WATER_PER_MM * (1.0 + kv_to_mv_hu(hu_kv, settings.anchors()) / 1000.0))
     with torch.no_grad(), _torch_threads(SIM_THREADS):
         sino = _blur_detector(_project(mu, g), settings.psf_fwhm_mm, g.pitch)
         if settings.noise_sd > 0:
@@ -329,8 +383,55 @@ def simulate_slice(hu_kv: np.ndarray, spacing: tuple[float, float], settings: Si
             lam = n0 * np.exp(-sino.numpy().astype(np.float64))
             counts = poisson_counts(lam, rng)
             sino = torch.from_numpy(-np.log(np.maximum(counts, 0.5) / n0).astype(np.float32))
+        sino = _detector_gain_errors(sino, settings, rng)
         rec = _fbp(sino, g, settings.kernel)
-    return (1000.0 * (rec.numpy() / MU_WATER_PER_MM - 1.0)).astype(np.float32)
+    hu = (1000.0 * (rec.numpy() / MU_WATER_PER_MM - 1.0)).astype(np.float32)
+    return _body_offsets(hu, hu_kv, spacing, settings)
+
+
+def _detector_gain_errors(sino: Any, settings: SimulatorSettings, rng: np.random.Generator) -> Any:
+    """Rings (a fixed gain error per detector channel) and streaks (a few views with a gain error).
+
+    A relative gain error e adds -log(1 + e) to the line integrals of its channel or view. Drawn
+    after the noise, so the reference settings (no errors) keep their random stream.
+    """
+    import torch
+
+    if settings.ring_sd > 0:
+        gains = rng.normal(0.0, settings.ring_sd, sino.shape[1])
+        sino = sino - torch.from_numpy(np.log1p(gains).astype(np.float32))[None, :]
+    if settings.streak_views > 0 and settings.streak_gain > 0:
+        views = rng.choice(sino.shape[0], size=min(settings.streak_views, sino.shape[0]), replace=False)
+        signs = rng.choice([-1.0, 1.0], size=len(views))
+        sino = sino.clone()
+        for v, sign in zip(views, signs):
+            sino[v] -= float(np.log1p(sign * settings.streak_gain))
+    return sino
+
+
+def _body_offsets(hu: np.ndarray, hu_kv: np.ndarray, spacing: tuple[float, float],
+                  settings: SimulatorSettings) -> np.ndarray:
+    """Offset and cupping inside the body (kV > -500 HU), blended over ~2 mm at the skin."""
+    if settings.offset_hu == 0 and settings.cupping_hu == 0:
+        return hu
+    body = ndimage.gaussian_filter((np.asarray(hu_kv) > -500).astype(np.float32), 2.0 / min(spacing))
+    if not body.any():
+        return hu
+    rows, cols = np.nonzero(body > 0.5)
+    if rows.size == 0:
+        return hu
+    yy, xx = np.indices(hu.shape, dtype=np.float32)
+    cy, cx = rows.mean(), cols.mean()
+    r = np.hypot((yy - cy) * spacing[0], (xx - cx) * spacing[1])
+    r_max = max(float(r[body > 0.5].max()), 1.0)
+    field = settings.offset_hu + settings.cupping_hu * np.clip(r / r_max, 0.0, 1.0) ** 2
+    return (hu + body * field).astype(np.float32)
+
+
+def _check_simulation_size(shape: tuple[int, int], what: str) -> None:
+    if min(shape) < MIN_SIMULATION_PIXELS:
+        raise InputError(f"{what} is {shape[0]} x {shape[1]} pixels in-plane; simulating an MVCT needs at least "
+                         f"{MIN_SIMULATION_PIXELS} x {MIN_SIMULATION_PIXELS} (a CT slice, not a patch)")
 
 
 def simulate(volume: Volume, noise_sd: float = 30.0, seed: int = 0, *,
@@ -347,6 +448,7 @@ def simulate(volume: Volume, noise_sd: float = 30.0, seed: int = 0, *,
     validate_voxels(volume.array, "kV input")
     axis = volume.axial_axis()
     arr = np.moveaxis(volume.array, axis, 0)
+    _check_simulation_size(arr.shape[1:], f"the kV input (shape {'x'.join(map(str, volume.array.shape))})")
     spacing = volume.inplane_spacing(axis)
     out = np.empty(arr.shape, np.float32)
     for k in range(arr.shape[0]):
@@ -369,16 +471,19 @@ def simulate_file(kv_input: str, mv_output: str, noise_sd: float = 30.0, seed: i
                   progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Read a kV CT, write its simulated MVCT (same geometry); returns a JSON-able summary.
 
-    The output path is checked before any work, and never equals the input.
+    The output path is checked (its folder writable) before any work, and never equals the input; the
+    output appears complete or not at all, also on SIGINT/SIGTERM (an :class:`OutputSet`).
     """
 
-    check_output_path(mv_output, overwrite, inputs=(kv_input,))
-    settings = SimulatorSettings(noise_sd=float(noise_sd), slice_thickness_mm=slice_thickness_mm)
-    vol = read_volume(kv_input, series_uid=series_uid)
-    t0 = time.perf_counter()
-    mv = simulate(vol, seed=seed, settings=settings, progress=progress)
-    seconds = time.perf_counter() - t0
-    out = write_volume(mv, mv_output, dtype=output_type, overwrite=overwrite, inputs=(kv_input,))
+    with OutputSet(overwrite) as outputs:
+        out = outputs.add(mv_output, "output", "simulated_mvct.nrrd",
+                          validate=lambda p: check_output_path(p, overwrite, inputs=(kv_input,)))
+        settings = SimulatorSettings(noise_sd=float(noise_sd), slice_thickness_mm=slice_thickness_mm)
+        vol = read_volume(kv_input, series_uid=series_uid)
+        t0 = time.perf_counter()
+        mv = simulate(vol, seed=seed, settings=settings, progress=progress)
+        seconds = time.perf_counter() - t0
+        write_volume(mv, outputs.stage(out), dtype=output_type)
     return {"input": str(kv_input), "output": str(out), "shape": list(vol.array.shape),
             "seconds": round(seconds, 3),
             "seconds_per_slice": round(seconds / max(1, vol.array.shape[vol.axial_axis()]), 3),
