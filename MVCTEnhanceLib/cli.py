@@ -241,96 +241,26 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 # -- train / export --------------------------------------------------------------------------------
 
-def _pair(text: str) -> tuple[float, float]:
-    try:
-        a, b = (float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected two numbers A,B (e.g. 1.0,1.0), got '{text}'") from None
-    return a, b
-
-
 def _add_train(sub: Any) -> None:
-    from .training.options import LR_SCHEDULES, PRESETS
+    from .training.options import add_train_arguments
 
     p = sub.add_parser("train", help="train the extended CycleGAN on unpaired MVCT and kV-CT volumes",
                        description="Train (or --resume) a run: Enc/Dec per domain with a shared latent, PatchGAN "
                                    "discriminators, the paper's losses. Multi-GPU/multi-node: launch with "
                                    "'torchrun --nproc_per_node N -m MVCTEnhanceLib.cli train ...'. Options left out "
                                    "take the preset's/the defaults (see docs/training.md).")
-    d = p.add_argument_group("data")
-    d.add_argument("--mv", nargs="+", metavar="PATH", help="MVCT volumes: files, folders, DICOM series folders")
-    d.add_argument("--kv", nargs="+", metavar="PATH", help="kV-CT volumes (other patients are fine: unpaired)")
-    d.add_argument("--data", metavar="DATASET", help="a make-dataset folder (uses its train_mv/ and train_kv/)")
-    d.add_argument("--hu-window", type=_window, metavar="LOW,HIGH", help="HU mapped to [-1, 1] (default -1000,2000)")
-    d.add_argument("--pixel-spacing", type=_pair, dest="pixel_spacing_mm", metavar="ROW,COL",
-                   help="in-plane spacing (mm) slices are resampled to (default 1,1)")
-    d.add_argument("--crop-size", type=_positive_int, help="training crop side in pixels, multiple of 4 (default 256)")
-    d.add_argument("--no-augment", dest="augment", action="store_const", const=False, help="no random crops/shifts")
-    d.add_argument("--max-shift-px", type=int, help="random shift (default 4)")
-    d.add_argument("--max-rotation-deg", type=float, help="random rotation (default 0)")
-    d.add_argument("--field-truncation", type=float, metavar="P",
-                   help="probability of cutting a training crop to a random smaller field, so the model "
-                        "also learns small or truncated fields of view (default 0)")
-    d.add_argument("--min-body-fraction", type=float, help="skip slices with less body (default 0.05)")
-    d.add_argument("--max-slices", type=_positive_int, help="use at most N slices per domain")
-    o = p.add_argument_group("losses")
-    o.add_argument("--preset", choices=sorted(PRESETS), help="proposed (default) or cyclegan (extra losses off)")
-    for name in ("adversarial", "cycle", "identity", "perceptual", "autoencoder", "air"):
-        o.add_argument(f"--w-{name}", type=float, metavar="W", help=f"weight of the {name} loss (0: off)")
-    o.add_argument("--air-threshold-hu", type=float, help="air threshold C of the air loss (default -600)")
-    o.add_argument("--vgg-weights", metavar="FILE", help="torchvision VGG16 state dict for the perceptual phi "
-                                                         "(default: the built-in fixed filter bank)")
-    o.add_argument("--init-from", metavar="RUN_DIR", help="start from another run's network weights (fine-tuning)")
-    n = p.add_argument_group("networks and optimisation")
-    for name, kind, text in (("ngf", _positive_int, "generator base channels (default 32)"),
-                             ("n-enc-res", int, "encoder residual blocks (default 5)"),
-                             ("n-dec-res", int, "decoder residual blocks (default 4)"),
-                             ("ndf", _positive_int, "discriminator base channels (default 64)"),
-                             ("n-d-down", _positive_int, "discriminator downsamplings (default 3)"),
-                             ("iterations", _positive_int, "total iterations (default 10000)"),
-                             ("batch-size", _positive_int, "slices per domain per iteration and process (default 1)"),
-                             ("lr-g", _positive_float, "generator learning rate (default 2e-4)"),
-                             ("lr-d", _positive_float, "discriminator learning rate (default 1e-4)"),
-                             ("beta1", float, "Adam beta1 (default 0.5; the authors' code: 0.1)"),
-                             ("beta2", float, "Adam beta2 (default 0.999)"),
-                             ("weight-decay", float, "Adam weight decay (default 1e-7)"),
-                             ("decay-start", float, "fraction of the run after which linear decay starts (0.5)"),
-                             ("label-jitter-sd", float, "SD of LSGAN label jitter (default 0)"),
-                             ("pool-size", int, "image pool size (default 50)"),
-                             ("seed", int, "seed of weights, data order and augmentation (default 0)")):
-        n.add_argument(f"--{name}", type=kind, help=text)
-    n.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="default linear")
-    r = p.add_argument_group("run")
-    r.add_argument("-o", "--output", required=True, metavar="RUN_DIR", help="run folder (new, or the run to resume)")
-    r.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its last checkpoint")
-    r.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
-    r.add_argument("--no-amp", dest="amp", action="store_const", const=False, help="no mixed precision on CUDA")
-    r.add_argument("--num-workers", type=int, help="data loader workers (default 0)")
-    r.add_argument("--log-every", type=_positive_int, help="iterations per losses.csv row (default 10)")
-    r.add_argument("--checkpoint-every", type=_positive_int, help="iterations between checkpoints (default 500)")
-    r.add_argument("--sample-every", type=int, help="iterations between sample PNGs, 0: none (default 500)")
-    r.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no progress bar")
-    r.add_argument("--stop-after", type=_positive_int, metavar="N",
-                   help="stop after iteration N of the planned --iterations (checkpoint; resumable)")
+    add_train_arguments(p)
     p.set_defaults(func=_cmd_train)
 
 
-_TRAIN_OPTIONS = ("mv", "kv", "hu_window", "pixel_spacing_mm", "crop_size", "augment", "max_shift_px",
-                  "max_rotation_deg", "field_truncation", "min_body_fraction", "max_slices", "preset", "w_adversarial", "w_cycle",
-                  "w_identity", "w_perceptual", "w_autoencoder", "w_air", "air_threshold_hu", "vgg_weights", "ngf",
-                  "n_enc_res", "n_dec_res", "ndf", "n_d_down", "iterations", "batch_size", "lr_g", "lr_d", "beta1",
-                  "beta2", "weight_decay", "lr_schedule", "decay_start", "label_jitter_sd", "pool_size", "seed",
-                  "device", "amp", "num_workers", "log_every", "checkpoint_every", "sample_every", "progress",
-                  "init_from", "stop_after")
-
-
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .training.trainer import TrainingInterrupted, make_config, train
-
-    config = make_config(args.output, resume=args.resume, data=args.data,
-                         **{k: getattr(args, k) for k in _TRAIN_OPTIONS})
     import os
 
+    from .training.options import given_options
+    from .training.trainer import TrainingInterrupted, make_config, train
+
+    options = given_options(args)
+    config = make_config(options.pop("out_dir"), resume=bool(options.pop("resume")), data=args.data, **options)
     main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 reports
     try:
         run = train(config)

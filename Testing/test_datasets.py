@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from MVCTEnhanceLib.synth import make_dataset as D
+from MVCTEnhanceLib.training import data as L
 from MVCTEnhanceLib.engine.errors import InputError, OutputError
 from MVCTEnhanceLib.synth.phantoms import phantom_slice
 from MVCTEnhanceLib.engine.volume import Volume, read_volume, write_volume
@@ -137,14 +138,14 @@ def test_write_sample_writes_a_pair_and_refuses_to_overwrite(tmp_path):
 # ------------------------------------------------------------------------------------------ loader
 
 def test_loader_yields_windowed_crops_of_body(dataset):
-    ds = D.SliceDataset([dataset / "train_kv"], hu_window=(-600.0, 400.0), pixel_spacing_mm=(2.0, 2.0),
+    ds = L.SliceDataset([dataset / "train_kv"], hu_window=(-600.0, 400.0), pixel_spacing_mm=(2.0, 2.0),
                         crop_size=96, seed=1)
     assert len(ds) == 5
     for i in range(len(ds)):
         x = ds[i]
         assert isinstance(x, torch.Tensor) and x.shape == (1, 96, 96) and x.dtype == torch.float32
         assert float(x.min()) >= -1.0 and float(x.max()) <= 1.0
-        assert float((x > D.hu_to_net(np.array([-400.0]), (-600, 400))[0]).float().mean()) > 0.05
+        assert float((x > L.hu_to_net(np.array([-400.0]), (-600, 400))[0]).float().mean()) > 0.05
     s = ds.summary()
     json.dumps(s)
     assert s["n_slices"] == 5 and s["hu_window"] == [-600.0, 400.0] and s["crop_size"] == 96
@@ -158,7 +159,7 @@ def test_loader_window_mapping_matches_the_model_card_convention(tmp_path):
     arr[0, 4:60, 4:60] = 0.0  # a body ring keeps the crop centred on the image
     arr[0, 12:52, 12:52] = np.linspace(-800, 600, 40, dtype=np.float32)[None, :]
     write_volume(Volume(arr), tmp_path / "ramp.nrrd")
-    ds = D.SliceDataset([tmp_path], hu_window=(-600.0, 400.0), crop_size=64, augment=False)
+    ds = L.SliceDataset([tmp_path], hu_window=(-600.0, 400.0), crop_size=64, augment=False)
     x = ds[0][0].numpy()
     card = ModelCard("t", "1", (-600.0, 400.0), (1.0, 1.0), {}, {}, "x", "x")
     a, b = card.hu_to_net_scale()
@@ -168,19 +169,19 @@ def test_loader_window_mapping_matches_the_model_card_convention(tmp_path):
 def test_loader_is_seeded_per_epoch_and_never_crops_only_air(dataset):
     kw = dict(hu_window=(-1024.0, 176.0), pixel_spacing_mm=(1.0, 1.0), crop_size=48, max_shift_px=4,
               max_rotation_deg=20.0, seed=5)
-    a = D.SliceDataset([dataset / "train_mv"], **kw)
-    b = D.SliceDataset([dataset / "train_mv"], **kw)
+    a = L.SliceDataset([dataset / "train_mv"], **kw)
+    b = L.SliceDataset([dataset / "train_mv"], **kw)
     assert torch.equal(a[0], b[0])
     a.set_epoch(1)
     assert not torch.equal(a[0], b[0])
     b.set_epoch(1)
     assert torch.equal(a[0], b[0])
-    body_level = float(D.hu_to_net(np.array([-400.0]), kw["hu_window"])[0])
+    body_level = float(L.hu_to_net(np.array([-400.0]), kw["hu_window"])[0])
     for epoch in range(6):
         a.set_epoch(epoch)
         for i in range(len(a)):
             assert bool((a[i] > body_level).any())  # 48 px crops of 256 mm slices still hold body
-    plain = D.SliceDataset([dataset / "train_mv"], augment=False, **kw)
+    plain = L.SliceDataset([dataset / "train_mv"], augment=False, **kw)
     plain.set_epoch(3)
     first = plain[0]
     plain.set_epoch(4)
@@ -189,11 +190,11 @@ def test_loader_is_seeded_per_epoch_and_never_crops_only_air(dataset):
 
 def test_field_truncation_cuts_the_body_to_a_smaller_field_and_keeps_it(dataset):
     kw = dict(hu_window=(-1000.0, 2000.0), pixel_spacing_mm=(2.0, 2.0), crop_size=128, seed=2, max_shift_px=0)
-    whole = D.SliceDataset([dataset / "train_kv"], **kw)
-    cut = D.SliceDataset([dataset / "train_kv"], field_truncation=1.0, **kw)
-    again = D.SliceDataset([dataset / "train_kv"], field_truncation=1.0, **kw)
-    level = float(D.hu_to_net(np.array([-400.0]), kw["hu_window"])[0])
-    air = float(D.hu_to_net(np.array([-1000.0]), kw["hu_window"])[0])
+    whole = L.SliceDataset([dataset / "train_kv"], **kw)
+    cut = L.SliceDataset([dataset / "train_kv"], field_truncation=1.0, **kw)
+    again = L.SliceDataset([dataset / "train_kv"], field_truncation=1.0, **kw)
+    level = float(L.hu_to_net(np.array([-400.0]), kw["hu_window"])[0])
+    air = float(L.hu_to_net(np.array([-1000.0]), kw["hu_window"])[0])
     for i in range(len(whole)):
         w, c = whole[i][0].numpy(), cut[i][0].numpy()
         assert torch.equal(cut[i], again[i])  # seeded like every other augmentation
@@ -203,18 +204,18 @@ def test_field_truncation_cuts_the_body_to_a_smaller_field_and_keeps_it(dataset)
         assert np.all(c <= w + 1e-6)
         assert (np.abs(c - air) < 1e-6).sum() > (np.abs(w - air) < 1e-6).sum()
     assert cut.summary()["field_truncation"] == 1.0 and whole.summary()["field_truncation"] == 0.0
-    plain = D.SliceDataset([dataset / "train_kv"], augment=False, field_truncation=1.0, **kw)
-    assert torch.equal(plain[0], D.SliceDataset([dataset / "train_kv"], augment=False, **kw)[0])
+    plain = L.SliceDataset([dataset / "train_kv"], augment=False, field_truncation=1.0, **kw)
+    assert torch.equal(plain[0], L.SliceDataset([dataset / "train_kv"], augment=False, **kw)[0])
     with pytest.raises(InputError, match="probability"):
-        D.SliceDataset([dataset / "train_kv"], field_truncation=1.5, **kw)
+        L.SliceDataset([dataset / "train_kv"], field_truncation=1.5, **kw)
 
 
 def test_loader_resamples_to_the_requested_pixel_size(dataset):
-    coarse = D.SliceDataset([dataset / "train_kv"], hu_window=(-600.0, 400.0), pixel_spacing_mm=(2.0, 2.0),
+    coarse = L.SliceDataset([dataset / "train_kv"], hu_window=(-600.0, 400.0), pixel_spacing_mm=(2.0, 2.0),
                             crop_size=128, augment=False)
-    fine = D.SliceDataset([dataset / "train_kv"], hu_window=(-600.0, 400.0), pixel_spacing_mm=(1.0, 1.0),
+    fine = L.SliceDataset([dataset / "train_kv"], hu_window=(-600.0, 400.0), pixel_spacing_mm=(1.0, 1.0),
                           crop_size=256, augment=False)
-    level = float(D.hu_to_net(np.array([-400.0]), (-600.0, 400.0))[0])
+    level = float(L.hu_to_net(np.array([-400.0]), (-600.0, 400.0))[0])
     n_coarse = float((coarse[0] > level).sum())
     n_fine = float((fine[0] > level).sum())
     assert 3.5 < n_fine / n_coarse < 4.5  # same body area in mm^2, 4x the pixels
@@ -222,8 +223,8 @@ def test_loader_resamples_to_the_requested_pixel_size(dataset):
 
 def test_loader_max_slices_gives_nested_subsets(dataset):
     kw = dict(hu_window=(-600.0, 400.0), pixel_spacing_mm=(2.0, 2.0), crop_size=64, augment=False, seed=9)
-    small = D.SliceDataset([dataset / "train_kv"], max_slices=2, **kw)
-    big = D.SliceDataset([dataset / "train_kv"], max_slices=4, **kw)
+    small = L.SliceDataset([dataset / "train_kv"], max_slices=2, **kw)
+    big = L.SliceDataset([dataset / "train_kv"], max_slices=4, **kw)
     assert len(small) == 2 and len(big) == 4
     assert set(small._origin) <= set(big._origin)
 
@@ -235,27 +236,27 @@ def test_loader_reads_dicom_series_folders_and_3d_volumes(tmp_path):
     dcm.mkdir(parents=True)
     shutil.copyfile(get_testdata_file("CT_small.dcm"), dcm / "CT_small.dcm")
     shutil.copyfile(SAMPLE / "sample_mvct.nrrd", tmp_path / "sample_mvct.nrrd")
-    sources = D.list_volume_sources([tmp_path])
+    sources = L.list_volume_sources([tmp_path])
     assert set(sources) == {dcm, tmp_path / "sample_mvct.nrrd"}
-    ds = D.SliceDataset([tmp_path], hu_window=(-600.0, 400.0), crop_size=128, seed=0)
+    ds = L.SliceDataset([tmp_path], hu_window=(-600.0, 400.0), crop_size=128, seed=0)
     assert ds.summary()["n_volumes"] == 2
     assert len(ds) == 1 + 20  # the DICOM slice and every body slice of the 3D sample
 
 
 def test_loader_errors_are_input_errors(tmp_path):
     with pytest.raises(InputError, match="does not exist"):
-        D.SliceDataset([tmp_path / "nope"], hu_window=(-600.0, 400.0))
+        L.SliceDataset([tmp_path / "nope"], hu_window=(-600.0, 400.0))
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("x")
     with pytest.raises(InputError, match="empty domain"):
-        D.SliceDataset([tmp_path / "empty"], hu_window=(-600.0, 400.0))
+        L.SliceDataset([tmp_path / "empty"], hu_window=(-600.0, 400.0))
     air = Volume(np.full((2, 32, 32), -1000.0, np.float32))
     air.array[0, 0, 0] = 0.0
     write_volume(air, tmp_path / "air.nrrd")
     with pytest.raises(InputError, match="empty domain"):
-        D.SliceDataset([tmp_path / "air.nrrd"], hu_window=(-600.0, 400.0))
+        L.SliceDataset([tmp_path / "air.nrrd"], hu_window=(-600.0, 400.0))
     with pytest.raises(InputError):
-        D.SliceDataset([tmp_path / "air.nrrd"], hu_window=(400.0, -600.0))
+        L.SliceDataset([tmp_path / "air.nrrd"], hu_window=(400.0, -600.0))
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -296,7 +297,7 @@ def test_shipped_mvct_is_the_simulation_of_the_shipped_planning_ct():
 
 def test_json_files_that_are_not_objects_give_input_errors(tmp_path):
     from MVCTEnhanceLib.training.export import read_card_extra
-    from MVCTEnhanceLib.training.trainer import load_run_config
+    from MVCTEnhanceLib.training.runfolder import load_run_config
 
     (tmp_path / "manifest.json").write_text("[1, 2]")
     with pytest.raises(InputError, match="dataset manifest .* must hold a JSON object, not list"):

@@ -17,8 +17,11 @@ from MVCTEnhanceLib.engine.errors import InputError, OutputError
 from MVCTEnhanceLib.training.export import export_run, generator_from_run
 from MVCTEnhanceLib.engine.modelfile import load_model
 from MVCTEnhanceLib.engine.volume import Volume, write_volume
-from MVCTEnhanceLib.training.trainer import (CHECKPOINT_NAME, PRESETS, TrainConfig, TrainingInterrupted, _Trainer, lr_factor,
-                                  read_loss_csv, train)
+from MVCTEnhanceLib.training.curves import read_loss_csv
+from MVCTEnhanceLib.training.cyclegan import lr_factor
+from MVCTEnhanceLib.training.options import PRESETS, TrainConfig
+from MVCTEnhanceLib.training.runfolder import CHECKPOINT_NAME
+from MVCTEnhanceLib.training.trainer import TrainingInterrupted, _Trainer, train
 
 HU_WINDOW = (-1000.0, 1000.0)
 
@@ -161,7 +164,7 @@ def test_stop_after_then_resume_and_init_from(straight_run, tmp_path):
     train(tiny_config(tmp_path / "third", init_from=str(tmp_path / "finetune"), iterations=2), **data())
     assert json.loads((tmp_path / "third" / "run.json").read_text())["iterations_total"] == 14
     from MVCTEnhanceLib.training.export import build_card
-    from MVCTEnhanceLib.training.trainer import lineage_iterations
+    from MVCTEnhanceLib.training.runfolder import lineage_iterations
 
     assert build_card(tmp_path / "third", 2).extra["training"]["iterations_total"] == 14
     assert lineage_iterations(straight_run / CHECKPOINT_NAME, 6) == 6
@@ -221,7 +224,7 @@ def test_export_round_trips_the_card(learning_run, tmp_path):
 def test_damaged_or_foreign_checkpoints_are_refused(learning_run, tmp_path):
     import shutil
 
-    from MVCTEnhanceLib.training.trainer import read_checkpoint
+    from MVCTEnhanceLib.training.runfolder import read_checkpoint
 
     run = tmp_path / "run"
     shutil.copytree(learning_run, run)
@@ -374,7 +377,7 @@ def test_ddp_two_cpu_processes_end_with_identical_weights(tmp_path):
         assert all(torch.equal(r0[net][k], r1[net][k]) for k in r0[net]), net
     # the weights moved from their (seeded, shared) initial values
     torch.manual_seed(0)
-    from MVCTEnhanceLib.training.trainer import Translators
+    from MVCTEnhanceLib.training.cyclegan import Translators
     init = Translators(4, 1, 1).state_dict()
     assert any(not torch.equal(init[k], r0["G"][k]) for k in init)
     # each rank saw its own shard: 6 slices / 2 ranks = 3 batches per epoch, 3 iterations = one epoch

@@ -20,7 +20,9 @@ from ..engine.metrics import METRICS
 from ..engine.modelfile import load_model
 from ..training.data import SliceDataset
 from ..training.export import export_run
-from ..training.trainer import PRESETS, TrainConfig, load_run_config, train
+from ..training.options import PRESETS, TrainConfig
+from ..training.runfolder import load_run_config
+from ..training.trainer import train
 from .cases import (INPUT_METHOD, REFERENCE_METHOD, Method, Progress, find_cases, load_case, score_case,
                     write_csv)
 from .evaluate import json_safe

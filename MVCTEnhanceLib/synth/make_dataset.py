@@ -1,5 +1,4 @@
-"""Training data: the reproducible synthetic datasets (make-dataset, the shipped sample) and the
-unpaired slice loader the trainer uses.
+"""The reproducible synthetic datasets: make-dataset and the shipped sample.
 
 Dataset layout written by :func:`make_dataset` (all volumes int16 NRRD, HU):
 
@@ -10,7 +9,8 @@ Dataset layout written by :func:`make_dataset` (all volumes int16 NRRD, HU):
     OUTDIR/test/case_000_kv.nrrd       ... and its kV ground truth (same grid), anatomy in no training set
 
 One slice per file keeps the manifest exact (each file = one anatomy id) and lets a trainer take the
-first N files, or :class:`SliceDataset` ``max_slices=N``, for training-size experiments.
+first N files, or the training loader's ``max_slices=N`` (``training.data.SliceDataset``), for
+training-size experiments.
 """
 
 from __future__ import annotations
@@ -20,309 +20,21 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
-import torch
-from scipy import ndimage
 
 from ..engine.errors import InputError, OutputError
 from ..engine.files import read_json_object
 from ..engine.volume import WRITE_EXTENSIONS, Volume, read_volume, write_volume
 
-BODY_THRESHOLD_HU = -400.0
 _VOLUME_SUFFIXES = tuple(e for e in WRITE_EXTENSIONS)  # .dcm files are grouped into series folders
 
 
-# ---------------------------------------------------------------------------------------------
-# sources
-
-def _is_volume_file(p: Path) -> bool:
+def is_volume_file(p: Path) -> bool:
+    """A volume file this package writes (NRRD, NIfTI, MetaImage); DICOM files form series folders."""
     name = p.name.lower()
     return any(name.endswith(e) for e in _VOLUME_SUFFIXES)
-
-
-def _folder_has_dicom(folder: Path, files: list[str]) -> bool:
-    if any(f.lower().endswith(".dcm") for f in files):
-        return True
-    plain = [f for f in files if "." not in f]
-    if not plain:
-        return False
-    import SimpleITK as sitk
-
-    return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
-
-
-def list_volume_sources(paths: Sequence[str | os.PathLike]) -> list[Path]:
-    """Volume files (NRRD, NIfTI, MetaImage) and DICOM series folders under ``paths``, recursively.
-
-    A file given explicitly is taken as is (a single .dcm included). A folder holding DICOM files is
-    one source (each of its series is read). Raises :class:`InputError` for a path that does not
-    exist and for a folder with no volume in it ("empty domain").
-    """
-    found: list[Path] = []
-    for raw in paths:
-        p = Path(raw)
-        if not p.exists():
-            raise InputError(f"training source '{p}' does not exist")
-        if p.is_file():
-            found.append(p)
-            continue
-        here: list[Path] = []
-        for root, dirs, files in os.walk(p):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            files = sorted(f for f in files if not f.startswith("."))
-            folder = Path(root)
-            here.extend(folder / f for f in files if _is_volume_file(folder / f))
-            if _folder_has_dicom(folder, files):
-                here.append(folder)
-        if not here:
-            raise InputError(f"empty domain: no volumes (NRRD, NIfTI, MetaImage or DICOM series) found in '{p}'")
-        found.extend(here)
-    seen: set[Path] = set()
-    unique = []
-    for f in found:
-        r = f.resolve()
-        if r not in seen:
-            seen.add(r)
-            unique.append(f)
-    return unique
-
-
-def _read_source(path: Path) -> list[Volume]:
-    """All volumes of a source: one for a file, one per DICOM series for a folder."""
-    if path.is_file():
-        return [read_volume(path)]
-    import SimpleITK as sitk
-
-    ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)) or ()
-    if not ids:
-        raise InputError(f"folder '{path}' holds no readable DICOM series")
-    return [read_volume(path, series_uid=uid) for uid in ids]
-
-
-# ---------------------------------------------------------------------------------------------
-# slices
-
-def _body_mask(hu: np.ndarray) -> np.ndarray:
-    """Largest connected region above -400 HU (the patient; the couch and noise specks drop out)."""
-    m = hu > BODY_THRESHOLD_HU
-    if not m.any():
-        return m
-    m = ndimage.binary_opening(m, iterations=2)
-    lab, n = ndimage.label(m)
-    if n == 0:
-        return m
-    sizes = np.bincount(lab.ravel())
-    sizes[0] = 0
-    return lab == int(np.argmax(sizes))
-
-
-def hu_to_net(hu: np.ndarray, hu_window: tuple[float, float]) -> np.ndarray:
-    """HU -> [-1, 1]: the model card's mapping (lo -> -1, hi -> +1, clipped)."""
-    lo, hi = float(hu_window[0]), float(hu_window[1])
-    a = 2.0 / (hi - lo)
-    b = -1.0 - a * lo
-    return np.clip(a * np.asarray(hu, np.float32) + b, -1.0, 1.0).astype(np.float32)
-
-
-class SliceDataset(torch.utils.data.Dataset):
-    """Axial slices containing body from volumes of ONE domain, as (1, crop, crop) float32 in [-1, 1].
-
-    Slices are read once, resampled in-plane to ``pixel_spacing_mm`` (row, col), windowed to
-    ``hu_window`` and kept in memory. Each item is a crop around the body: when the body is larger
-    than the crop the crop position is random within it, then shifted by up to ``max_shift_px`` and
-    rotated by up to ``max_rotation_deg`` (paper: +-4 px; +-20 px and +-20 deg in its head-and-neck
-    example). With probability ``field_truncation`` the crop is then cut to a random rectangular
-    or elliptical field around part of the body (see :meth:`_truncate`). Randomness depends only on
-    (seed, epoch, index): reproducible with any number of workers. With ``augment=False`` the crop
-    is centred on the body, no shift, no rotation, no truncation.
-    """
-
-    def __init__(self, sources: Sequence[str | os.PathLike], hu_window: tuple[float, float],
-                 pixel_spacing_mm: tuple[float, float] = (1.0, 1.0), crop_size: int = 256,
-                 augment: bool = True, max_shift_px: int = 4, max_rotation_deg: float = 0.0,
-                 seed: int = 0, min_body_fraction: float = 0.05, max_slices: int | None = None,
-                 field_truncation: float = 0.0):
-        lo, hi = float(hu_window[0]), float(hu_window[1])
-        if not hi > lo:
-            raise InputError(f"HU window must be [low, high] with low < high, got {hu_window!r}")
-        if len(pixel_spacing_mm) != 2 or min(pixel_spacing_mm) <= 0:
-            raise InputError(f"pixel spacing must be two positive numbers (mm), got {pixel_spacing_mm!r}")
-        if crop_size < 2 * max_shift_px + 8:
-            raise InputError(f"crop size {crop_size} is too small for shifts of {max_shift_px} px")
-        if max_slices is not None and max_slices < 1:
-            raise InputError(f"max_slices must be at least 1, got {max_slices}")
-        if not 0.0 <= float(field_truncation) <= 1.0:
-            raise InputError(f"field truncation is a probability in [0, 1], got {field_truncation}")
-        self.field_truncation = float(field_truncation)
-        self.hu_window = (lo, hi)
-        self.pixel_spacing_mm = (float(pixel_spacing_mm[0]), float(pixel_spacing_mm[1]))
-        self.crop_size = int(crop_size)
-        self.augment = bool(augment)
-        self.max_shift_px = int(max_shift_px)
-        self.max_rotation_deg = float(max_rotation_deg)
-        self.seed = int(seed)
-        self.min_body_fraction = float(min_body_fraction)
-        self.max_slices = max_slices
-        self.epoch = 0
-        self.air_value = float(hu_to_net(np.array([-1000.0]), self.hu_window)[0])
-
-        self.sources = list_volume_sources(sources)
-        if not self.sources:
-            raise InputError("empty domain: no training sources given")
-        self._slices: list[np.ndarray] = []
-        self._bodies: list[np.ndarray] = []   # (n_body_px, 2) row/col of body pixels
-        self._bbox: list[tuple[int, int, int, int]] = []
-        self._origin: list[tuple[int, int]] = []  # (source index, slice index) per item
-        self.n_volumes = 0
-        self.n_slices_read = 0
-        for si, src in enumerate(self.sources):
-            for vol in _read_source(src):
-                self.n_volumes += 1
-                self._add_volume(vol, si)
-        if not self._slices:
-            raise InputError(f"empty domain: no slice with at least {self.min_body_fraction:.0%} body "
-                             f"(> {BODY_THRESHOLD_HU:g} HU) in {len(self.sources)} source(s), e.g. '{self.sources[0]}'")
-        if max_slices is not None and max_slices < len(self._slices):
-            # nested subsets for the same seed: the first N of one seeded permutation
-            order = np.random.default_rng([self.seed, 0x5E1]).permutation(len(self._slices))[:max_slices]
-            keep = sorted(int(i) for i in order)
-            self._slices = [self._slices[i] for i in keep]
-            self._bodies = [self._bodies[i] for i in keep]
-            self._bbox = [self._bbox[i] for i in keep]
-            self._origin = [self._origin[i] for i in keep]
-
-    def _add_volume(self, vol: Volume, source_index: int) -> None:
-        axis = vol.axial_axis()
-        arr = np.moveaxis(vol.array, axis, 0)
-        sp = vol.inplane_spacing(axis)
-        zoom = (sp[0] / self.pixel_spacing_mm[0], sp[1] / self.pixel_spacing_mm[1])
-        resample = abs(zoom[0] - 1) > 1e-3 or abs(zoom[1] - 1) > 1e-3
-        for k in range(arr.shape[0]):
-            self.n_slices_read += 1
-            hu = np.asarray(arr[k], np.float32)
-            if resample:
-                hu = ndimage.zoom(hu, zoom, order=1, mode="nearest", grid_mode=True)
-            body = _body_mask(hu)
-            if body.mean() < self.min_body_fraction:
-                continue
-            rows, cols = np.nonzero(body)
-            self._slices.append(hu_to_net(hu, self.hu_window))
-            self._bodies.append(np.stack((rows, cols), 1).astype(np.int32)[:: max(1, len(rows) // 4096)])
-            self._bbox.append((int(rows.min()), int(rows.max()), int(cols.min()), int(cols.max())))
-            self._origin.append((source_index, k))
-
-    def __len__(self) -> int:
-        return len(self._slices)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Reseed augmentation: item i of epoch e always gets the same crop, shift and rotation."""
-        self.epoch = int(epoch)
-
-    def _centre(self, i: int, rng: np.random.Generator | None) -> tuple[float, float]:
-        r0, r1, c0, c1 = self._bbox[i]
-        half = self.crop_size / 2.0
-        centre = []
-        for lo, hi in ((r0, r1), (c0, c1)):
-            if rng is None or hi - lo + 1 <= self.crop_size:
-                centre.append((lo + hi) / 2.0)
-            else:
-                centre.append(float(rng.uniform(lo + half, hi + 1 - half)))
-        return centre[0], centre[1]
-
-    def _crop(self, img: np.ndarray, centre: tuple[float, float], angle_deg: float) -> np.ndarray:
-        n = self.crop_size
-        if angle_deg == 0.0:
-            r0 = int(math.floor(centre[0] - n / 2 + 0.5))
-            c0 = int(math.floor(centre[1] - n / 2 + 0.5))
-            out = np.full((n, n), self.air_value, np.float32)
-            rs, cs = max(r0, 0), max(c0, 0)
-            re, ce = min(r0 + n, img.shape[0]), min(c0 + n, img.shape[1])
-            if re > rs and ce > cs:
-                out[rs - r0:re - r0, cs - c0:ce - c0] = img[rs:re, cs:ce]
-            return out
-        a = np.deg2rad(angle_deg)
-        u = np.arange(n, dtype=np.float32) - (n - 1) / 2.0
-        vv, uu = np.meshgrid(u, u, indexing="ij")
-        rr = centre[0] + vv * np.cos(a) - uu * np.sin(a)
-        cc = centre[1] + vv * np.sin(a) + uu * np.cos(a)
-        return ndimage.map_coordinates(img, [rr, cc], order=1, mode="constant",
-                                       cval=self.air_value).astype(np.float32)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        if not 0 <= i < len(self):
-            raise IndexError(i)
-        img = self._slices[i]
-        body_level = float(hu_to_net(np.array([BODY_THRESHOLD_HU]), self.hu_window)[0])
-        if not self.augment:
-            out = self._crop(img, self._centre(i, None), 0.0)
-        else:
-            rng = np.random.default_rng([self.seed, self.epoch, i])
-            angle = 0.0
-            if self.max_rotation_deg > 0:
-                angle = float(rng.uniform(-self.max_rotation_deg, self.max_rotation_deg))
-            r, c = self._centre(i, rng)
-            shift = rng.integers(-self.max_shift_px, self.max_shift_px + 1, size=2)
-            out = self._crop(img, (r + shift[0], c + shift[1]), angle)
-            if not (out > body_level).any():
-                # the crop missed the body (a concave outline larger than the crop): centre it on
-                # a random body pixel instead, which always lies inside the crop
-                rc = self._bodies[i][rng.integers(len(self._bodies[i]))]
-                out = self._crop(img, (float(rc[0]), float(rc[1])), angle)
-            if self.field_truncation > 0 and rng.uniform() < self.field_truncation:
-                out = self._truncate(out, body_level, rng)
-        return torch.from_numpy(out)[None]
-
-    def _truncate(self, out: np.ndarray, body_level: float, rng: np.random.Generator) -> np.ndarray:
-        """Keep a random field (rectangle or ellipse, 40..70 % of the crop, centred on a body pixel)
-        and make the rest air.
-
-        Why: a model that has only seen whole bodies invents bone along the straight edges of a
-        small or truncated field (found on validation phantoms cut to a square: MAE 92 -> 475 HU).
-        The new air is drawn from this image's own air pixels (so MVCT noise stays MVCT-like, kV air
-        stays clean), and the field edge is softened by ~1 px as a reconstructed edge is.
-        """
-        n = out.shape[0]
-        body = out > body_level
-        rows, cols = np.nonzero(body)
-        if rows.size == 0:
-            return out
-        k = int(rng.integers(rows.size))
-        r, c = float(rows[k]), float(cols[k])
-        hr, hc = rng.uniform(0.2, 0.35, size=2) * n
-        rr, cc = np.ogrid[:n, :n]
-        if rng.uniform() < 0.5:
-            keep = ((np.abs(rr - r) <= hr) & (np.abs(cc - c) <= hc)).astype(np.float32)
-        else:
-            keep = ((((rr - r) / hr) ** 2 + ((cc - c) / hc) ** 2) <= 1.0).astype(np.float32)
-        air_px = out[~ndimage.binary_dilation(body, iterations=8)]
-        if air_px.size < 64:  # no air in the crop to copy noise from: clean air
-            air = np.full_like(out, self.air_value)
-        else:
-            air = rng.choice(air_px, size=out.shape).astype(np.float32)
-        keep = ndimage.gaussian_filter(keep, 0.7)
-        return (keep * out + (1.0 - keep) * air).astype(np.float32)
-
-    def summary(self) -> dict[str, Any]:
-        """JSON-serialisable description for the model card's training_data."""
-        return {
-            "n_volumes": self.n_volumes,
-            "n_slices": len(self),
-            "n_slices_read": self.n_slices_read,
-            "sources": [str(s) for s in self.sources],
-            "pixel_spacing_mm": list(self.pixel_spacing_mm),
-            "hu_window": list(self.hu_window),
-            "crop_size": self.crop_size,
-            "augment": self.augment,
-            "max_shift_px": self.max_shift_px,
-            "max_rotation_deg": self.max_rotation_deg,
-            "field_truncation": self.field_truncation,
-            "min_body_fraction": self.min_body_fraction,
-            "body_threshold_hu": BODY_THRESHOLD_HU,
-            "max_slices": self.max_slices,
-            "seed": self.seed,
-        }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -585,7 +297,7 @@ def verify_dataset(outdir: str | os.PathLike, check_pixels: bool = True) -> list
                     problems.append(f"{e[key]} is in the manifest but missing")
                 elif _sha256(f) != e.get(hkey):
                     problems.append(f"{e[key]} does not match its sha256 in the manifest")
-    on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and _is_volume_file(p)}
+    on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and is_volume_file(p)}
     for extra in sorted(on_disk - listed):
         problems.append(f"{extra} is not in the manifest")
     names = sorted(ids)

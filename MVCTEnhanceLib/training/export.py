@@ -13,10 +13,10 @@ import torch
 
 from ..engine.errors import InputError, OutputError
 from ..engine.files import read_json_object
-from ..engine.modelcard import ModelCard
+from ..engine.modelcard import STRIDE, ModelCard
 from ..engine.modelfile import save_model
-from .networks import STRIDE, Decoder, Encoder, Generator
-from .trainer import CHECKPOINT_NAME, RUN_NAME, lineage_iterations, load_run_config, read_checkpoint
+from .networks import Decoder, Encoder, Generator
+from .runfolder import CHECKPOINT_NAME, RUN_NAME, lineage_iterations, load_run_config, read_checkpoint
 
 DEFAULT_INTENDED_USE = (
     "Research and positioning support: converts TomoTherapy-style MVCT slices (HU) into kV-CT-like "

@@ -1,4 +1,4 @@
-"""The losses of the extended CycleGAN, one function each (talk's formulas, METHOD.md).
+"""The losses of the extended CycleGAN, one function each (the formulas of the authors' talk).
 
 Images are tensors (N, 1, H, W) in the network range [-1, 1] (HU through the model card's window).
 Each function returns a scalar averaged over every element (batch included), as the authors' code
@@ -15,8 +15,7 @@ from typing import Callable
 
 import torch
 
-#: Air threshold C of the air-region loss (talk): voxels below it are air.
-AIR_THRESHOLD_HU = -600.0
+from .options import AIR_THRESHOLD_HU  # the air-loss option's default, written where every option is
 
 
 def lsgan_loss(prediction: torch.Tensor, target: float | torch.Tensor) -> torch.Tensor:

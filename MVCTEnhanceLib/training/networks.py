@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..engine.modelcard import STRIDE  # noqa: F401  (the engine pads to it; re-exported for the trainer)
+from .options import DEFAULTS
 
 
 def _norm(channels: int) -> nn.Module:
@@ -36,7 +36,7 @@ class ResidualBlock(nn.Module):
 class Encoder(nn.Module):
     """Image (N, 1, H, W) in [-1, 1] -> latent (N, 4 ngf, H/4, W/4)."""
 
-    def __init__(self, in_channels: int = 1, ngf: int = 32, n_res: int = 5) -> None:
+    def __init__(self, in_channels: int = 1, ngf: int = DEFAULTS["ngf"], n_res: int = DEFAULTS["n_enc_res"]) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(in_channels, ngf, 7), _norm(ngf), nn.ReLU(True)]
         ch = ngf
@@ -54,7 +54,7 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """Latent (N, 4 ngf, H/4, W/4) -> image (N, 1, H, W) in [-1, 1] (tanh)."""
 
-    def __init__(self, out_channels: int = 1, ngf: int = 32, n_res: int = 4) -> None:
+    def __init__(self, out_channels: int = 1, ngf: int = DEFAULTS["ngf"], n_res: int = DEFAULTS["n_dec_res"]) -> None:
         super().__init__()
         ch = ngf * 4
         layers: list[nn.Module] = [ResidualBlock(ch) for _ in range(n_res)]
@@ -81,7 +81,8 @@ class Generator(nn.Module):
         return self.decoder(self.encoder(x))
 
 
-def build_generator(ngf: int = 32, n_enc_res: int = 5, n_dec_res: int = 4, seed: int | None = None) -> Generator:
+def build_generator(ngf: int = DEFAULTS["ngf"], n_enc_res: int = DEFAULTS["n_enc_res"],
+                    n_dec_res: int = DEFAULTS["n_dec_res"], seed: int | None = None) -> Generator:
     """A fresh MV->kV generator; ``seed`` makes its initial weights reproducible."""
     if seed is not None:
         with torch.random.fork_rng(devices=[]):
@@ -93,7 +94,7 @@ def build_generator(ngf: int = 32, n_enc_res: int = 5, n_dec_res: int = 4, seed:
 class PatchDiscriminator(nn.Module):
     """70x70 PatchGAN: 4x4 convs, base ``ndf``, 3 stride-2 downsamplings, LeakyReLU 0.2, instance norm."""
 
-    def __init__(self, in_channels: int = 1, ndf: int = 64, n_down: int = 3) -> None:
+    def __init__(self, in_channels: int = 1, ndf: int = DEFAULTS["ndf"], n_down: int = DEFAULTS["n_d_down"]) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Conv2d(in_channels, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)]
         ch = ndf
