@@ -34,6 +34,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..engine.calibration import tissue_calibration
 from ..engine.errors import InputError
 from ..engine.job import EnhanceSettings, run_enhance
 from ..engine.metrics import (BODY_THRESHOLD_HU, METRICS, Assessment, assess, body_mask, mae_in_mask, psnr_synthrad,
@@ -324,7 +325,9 @@ def _produce(method: Method, lc: LoadedCase, tuned: dict[str, float], models: di
     if out is None:
         return None, None, seconds
     ms = settings.metrics
-    a = assess(lc.mvct, out, mask=mask, noise_sd=ms.noise_sd, window=ms.window, seed=ms.seed, device=settings.device)
+    anchor = lc.mvct.with_array(tissue_calibration().apply(lc.mvct.array))  # tissue classes on the kV scale
+    a = assess(lc.mvct, out, mask=mask, anchor=anchor, noise_sd=ms.noise_sd, window=ms.window, seed=ms.seed,
+               device=settings.device)
     return out, a, seconds
 
 
@@ -353,6 +356,7 @@ def score_case(lc: LoadedCase, methods: Sequence[Method], tuned: dict[str, float
             continue
         row["nselfssim"] = a.summaries["nselfssim"]["output"]["mean"]
         row["dig"] = a.summaries["dig"]["output"]["mean"]
+        row["tissue_change"] = a.summaries["tissue_change"]["output"]["volume_cm3"]
         if lc.ground_truth is not None and m.kind != "reference":
             for name, score in FULL_REFERENCE.items():
                 row[name] = score(out, lc.ground_truth, mask)
@@ -397,5 +401,5 @@ def read_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 def values(rows: Sequence[dict[str, Any]], method: str, metric: str, cases: Sequence[str]) -> np.ndarray:
-    by_case = {r["case"]: r[metric] for r in rows if r["method"] == method}
+    by_case = {r["case"]: r.get(metric, math.nan) for r in rows if r["method"] == method}
     return np.array([float(by_case.get(c, math.nan)) for c in cases], dtype=np.float64)

@@ -15,9 +15,12 @@ training-size experiments.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -27,6 +30,8 @@ import numpy as np
 from ..engine.errors import InputError, OutputError
 from ..engine.files import read_json_object
 from ..engine.volume import WRITE_EXTENSIONS, Volume, read_volume, write_volume
+from . import augment, phantoms, realct
+from .simulate import SimulatorSettings, simulate, simulate_slice
 
 _VOLUME_SUFFIXES = tuple(e for e in WRITE_EXTENSIONS)  # .dcm files are grouped into series folders
 
@@ -54,8 +59,6 @@ def sample_volumes(seed: int = 7, n_slices: int = 20, size: int = 256, noise_sd:
 
     Both volumes share one grid: the MVCT is the simulation of exactly the planning CT's anatomy.
     """
-    from . import phantoms
-    from .simulate import SimulatorSettings, simulate
 
     a = np.deg2rad(SAMPLE_TILT_DEG)
     direction = (1.0, 0.0, 0.0, 0.0, math.cos(a), -math.sin(a), 0.0, math.sin(a), math.cos(a))
@@ -109,8 +112,6 @@ def phantom_id(seed: int, pool: str, i: int) -> int:
 
 
 def _sha256(path: Path) -> str:
-    import hashlib
-
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -131,7 +132,6 @@ def _prepare_outdir(outdir: Path, overwrite: bool) -> Path:
         raise OutputError(f"output folder '{outdir}' is not empty; use --overwrite (overwrite=True) to replace it")
     if not outdir.parent.exists():
         raise OutputError(f"output folder '{outdir.parent}' does not exist")
-    import tempfile
 
     return Path(tempfile.mkdtemp(prefix=f".{outdir.name}.mvct-tmp-", dir=outdir.parent))
 
@@ -148,10 +148,6 @@ def make_dataset(outdir: str | os.PathLike, seed: int = 0, n_train_kv: int = 300
     split between training and test. The folder is built beside ``outdir`` and moved into place
     when complete. Returns the manifest (also written as manifest.json).
     """
-    from . import augment
-    from . import phantoms
-    from . import realct
-    from .simulate import SimulatorSettings, simulate
 
     for name, n in (("n_train_kv", n_train_kv), ("n_train_mv", n_train_mv), ("n_test", n_test)):
         if n < 0:
@@ -250,14 +246,11 @@ def make_dataset(outdir: str | os.PathLike, seed: int = 0, n_train_kv: int = 300
             backup = out.parent / f".{out.name}.mvct-old-{os.getpid()}"
             os.replace(out, backup)
             os.replace(tmp, out)
-            import shutil
 
             shutil.rmtree(backup, ignore_errors=True)
         else:
             os.replace(tmp, out)
     except BaseException:
-        import shutil
-
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
@@ -307,8 +300,6 @@ def verify_dataset(outdir: str | os.PathLike, check_pixels: bool = True) -> list
             if shared:
                 problems.append(f"anatomy shared by {a} and {b}: {sorted(shared)[:5]}")
     if check_pixels and not problems:
-        import hashlib
-
         def digest(arr: np.ndarray) -> str:
             return hashlib.sha256(np.ascontiguousarray(arr, np.float32).tobytes()).hexdigest()
 
@@ -328,11 +319,6 @@ def write_montage(path: str | os.PathLike, seed: int = 0, noise_sd: float = 30.0
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from . import phantoms
-
-    from . import realct
-    from .simulate import SimulatorSettings, simulate_slice
 
     p = Path(path)
     if p.exists() and not overwrite:
