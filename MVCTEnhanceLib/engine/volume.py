@@ -2,12 +2,14 @@
 
 A :class:`Volume` is a float32 numpy array indexed (slice, row, column) = ITK (k, j, i), plus ITK
 geometry (spacing, origin, direction in LPS, as SimpleITK reports them). Files, DICOM series, MRML
-nodes and tensors are only ways in and out of it. Reading validates the voxels (finite, HU-like),
-writing never leaves a half-written file and never overwrites without being asked.
+nodes and tensors are only ways in and out of it. Reading validates the voxels (finite, HU-like)
+and, for DICOM, the series geometry and headers (:mod:`.dicom`); ITK's own warnings stay off the
+terminal. Writing never leaves a half-written file and never overwrites without being asked.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import json
@@ -16,10 +18,11 @@ import shutil
 import struct
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from . import dicom
 from .errors import InputError, OutputError
 
 #: Extensions (lower case) the writer accepts; NIfTI stores geometry as float32 by design of the format.
@@ -109,26 +112,66 @@ def axial_axis(direction: Sequence[float], shape: Sequence[int]) -> int:
     return 2 - itk_axis
 
 
+#: Below this many voxels the value distribution says too little to judge HU: no verdict.
+MIN_HU_VERDICT_VOXELS = 64
+#: The HU judgement looks at a regular subsample of at most this many voxels (fractions, not details).
+HU_SAMPLE = 2_000_000
+
+
+def _fraction(a: np.ndarray, lo: float, hi: float) -> float:
+    return float(np.count_nonzero((a >= lo) & (a <= hi))) / max(a.size, 1)
+
+
 def check_hu_plausible(array: np.ndarray, what: str = "image") -> None:
     """Refuse values that are obviously not Hounsfield units; say what they look like instead.
 
-    CT in HU has water near 0 and air near -1000. Two frequent mistakes are caught: intensities
-    normalised to a small range (e.g. 0..1), and raw unsigned stored values whose rescale slope and
-    intercept were lost (air near 0, water near 1000).
+    Judged from what a CT in HU must contain, not from one statistic: air at -1000 outside (or, in
+    a crop, lung and fat below 0) and soft tissue at 0..100. Caught: intensities normalised to a
+    small range (e.g. 0..1), and raw stored values whose rescale was lost (HU + 1024: air at 0..50,
+    soft tissue at 1000..1100), whether unsigned or signed with the padding outside the
+    reconstruction circle shifted along with it (-2000 -> -976). Padding below air (-1024..-3024),
+    a circle padded with 0 around air, MVCT noise of tens of HU and crops without air pass. An image
+    of fewer than :data:`MIN_HU_VERDICT_VOXELS` voxels gets no verdict.
     """
-    lo = float(np.min(array))
-    hi = float(np.max(array))
+    if array.size < MIN_HU_VERDICT_VOXELS:
+        return
+    flat = np.ravel(array)
+    step = max(1, flat.size // HU_SAMPLE) | 1  # odd: no lock-step with even row lengths
+    a = np.asarray(flat[::step], dtype=np.float32)
+    lo, hi = float(np.min(array)), float(np.max(array))
     if hi - lo <= 16.0 and lo >= -16.0 and hi <= 16.0 and hi > lo:
         raise InputError(
             f"{what} values span only {lo:g}..{hi:g}: they look normalised, not Hounsfield units. "
             "Give the CT in HU (air about -1000, water 0).")
-    if lo >= 0.0:
-        median = float(np.median(array))
-        if median >= 500.0 or hi > 5000.0:
-            raise InputError(
-                f"{what} has no negative values (range {lo:g}..{hi:g}, median {median:g}): these look "
-                "like raw stored values without the DICOM rescale (air near 0, water near 1000), not HU. "
-                "Export it in HU or apply RescaleSlope/RescaleIntercept.")
+    median = float(np.median(a))
+    if lo >= 0.0 and (median >= 500.0 or hi > 5000.0):
+        raise InputError(
+            f"{what} has no negative values (range {lo:g}..{hi:g}, median {median:g}): these look "
+            "like raw stored values without the DICOM rescale (air near 0, water near 1000), not HU. "
+            "Export it in HU or apply RescaleSlope/RescaleIntercept.")
+    # Padding is one constant value at the bottom of the range (-2000 in HU, -976 once shifted,
+    # or air clipped at -1024): it says nothing about where the air is, so it is set aside.
+    floor = a == float(a.min())
+    rest = a[~floor] if np.count_nonzero(floor) >= 0.005 * a.size else a
+    rest = rest[rest >= -1150.0]  # below air there is only padding in HU
+    if rest.size < MIN_HU_VERDICT_VOXELS:
+        return
+    # Air and lung (-1150..-400 HU) anywhere but in the padding: the image is HU-like enough.
+    if _fraction(rest, -1150.0, -400.0) >= 0.005:
+        return
+    # No air: a crop inside the body, or raw values. Raw values put soft tissue into a narrow peak
+    # at 874..1174 (HU + 1024), well above its neighbours; bone in HU is spread over hundreds of HU, not peaked there.
+    peak = _fraction(rest, 874.0, 1174.0)
+    below, above = _fraction(rest, 574.0, 873.99), _fraction(rest, 1174.01, 1474.0)
+    dark = (a >= -150.0) & (a <= 200.0)  # raw air, floor included (stored air is often exactly 0)
+    if peak >= 0.03 and peak >= 2.0 * max(below, above) and np.count_nonzero(dark) >= 0.03 * a.size:
+        air = float(np.median(a[dark]))
+        tissue = float(np.median(rest[(rest >= 874.0) & (rest <= 1174.0)]))
+        raise InputError(
+            f"{what} values look like raw stored values without the DICOM rescale: air is at about {air:.0f}, "
+            f"not -1000 HU, and soft tissue at about {tissue:.0f}, not 0..100 HU (range {lo:g}..{hi:g}). "
+            "Check the RescaleSlope/RescaleIntercept of the export (HU = stored x slope + intercept, "
+            "intercept usually -1024) or export the CT in HU.")
 
 
 def validate_voxels(array: np.ndarray, what: str = "image", check_hu: bool = True) -> None:
@@ -149,11 +192,39 @@ def _sitk():
     return sitk
 
 
+@contextlib.contextmanager
+def _itk_quiet() -> Iterator[None]:
+    """ITK's warnings off while reading: they go raw to the terminal, and what matters in them
+    (uneven slices...) is checked here and said in one line or recorded in the volume's warnings."""
+    sitk = _sitk()
+    before = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(before)
+
+
 def _dicom_series(folder: Path) -> list[tuple[str, list[str]]]:
     sitk = _sitk()
     reader = sitk.ImageSeriesReader()
-    ids = reader.GetGDCMSeriesIDs(str(folder)) or ()
-    return [(uid, list(reader.GetGDCMSeriesFileNames(str(folder), uid))) for uid in ids]
+    with _itk_quiet():
+        ids = reader.GetGDCMSeriesIDs(str(folder)) or ()
+        return [(uid, list(reader.GetGDCMSeriesFileNames(str(folder), uid))) for uid in ids]
+
+
+#: ITK readers of pictures: grey levels of a display window, no HU and no voxel geometry.
+PICTURE_IOS = {"PNGImageIO": "PNG", "JPEGImageIO": "JPEG", "BMPImageIO": "BMP"}
+
+
+def _check_pixel_type(image: Any, what: str) -> None:
+    """8-bit integers cannot hold CT in HU (air is -1000, bone beyond 1000): such a file is a
+    picture, a windowed screenshot or a mask, and converting it would give nonsense. It is refused
+    rather than warned about, whatever its values, because no rescale of 0..255 is implied."""
+    sitk = _sitk()
+    if image.GetPixelID() in (sitk.sitkUInt8, sitk.sitkInt8):
+        raise InputError(f"{what} stores 8-bit integers: a CT in HU needs at least 16 bits (air is -1000 HU); "
+                         "this looks like a picture, a display-windowed export or a mask; give the CT in HU")
 
 
 def _image_to_volume(image: Any, path: Path, check_hu: bool) -> Volume:
@@ -162,6 +233,8 @@ def _image_to_volume(image: Any, path: Path, check_hu: bool) -> Volume:
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{what} has {image.GetNumberOfComponentsPerPixel()} components per voxel "
                          "(RGB or vector image); a CT volume has one")
+    if check_hu:
+        _check_pixel_type(image, what)
     dim = image.GetDimension()
     if dim == 4 and image.GetSize()[3] == 1:
         image = image[:, :, :, 0]
@@ -194,40 +267,84 @@ def read_volume(path: str | os.PathLike, series_uid: str | None = None, check_hu
     """Read a CT in HU from NRRD, NIfTI, MetaImage, a DICOM file or a DICOM series folder.
 
     DICOM rescale slope/intercept are applied (by GDCM). A folder holding several series must be
-    disambiguated with ``series_uid``; the error lists them. Raises :class:`InputError` for anything
-    that is not a usable CT in HU.
+    disambiguated with ``series_uid``, which applies to DICOM only. A series must be a regular grid
+    (see :func:`engine.dicom.order_series`). Raises :class:`InputError` for anything that is not a
+    usable CT in HU; what is doubtful but usable is listed in the volume's ``warnings``.
     """
-    sitk = _sitk()
     p = Path(path)
     if not p.exists():
         raise InputError(f"input '{p}' does not exist")
-    if p.is_dir():
-        series = _dicom_series(p)
-        if not series:
-            raise InputError(f"folder '{p}' holds no DICOM series (give a volume file or a folder of DICOM slices)")
-        if series_uid is None and len(series) > 1:
-            listing = "; ".join(f"{uid} ({len(files)} files)" for uid, files in series)
-            raise InputError(f"folder '{p}' holds {len(series)} DICOM series; pick one with its series UID: {listing}")
-        chosen = [files for uid, files in series if series_uid is None or uid == series_uid]
-        if not chosen:
-            raise InputError(f"series '{series_uid}' is not in '{p}'; it holds: {', '.join(u for u, _ in series)}")
-        reader = sitk.ImageSeriesReader()
-        reader.SetFileNames(chosen[0])
-        try:
-            image = reader.Execute()
-        except RuntimeError as exc:
-            raise InputError(f"cannot read the DICOM series in '{p}': {_first_line(exc)}") from None
-        vol = _image_to_volume(image, p, check_hu)
-        vol.metadata["dicom_files"] = len(chosen[0])
-        return vol
+    with _itk_quiet():
+        return _read_series(p, series_uid, check_hu) if p.is_dir() else _read_file(p, series_uid, check_hu)
+
+
+def _read_series(p: Path, series_uid: str | None, check_hu: bool) -> Volume:
+    sitk = _sitk()
+    series = _dicom_series(p)
+    if not series:
+        raise InputError(f"folder '{p}' holds no DICOM series (give a volume file or a folder of DICOM slices)")
+    if series_uid is None and len(series) > 1:
+        listing = "; ".join(f"{uid} ({len(files)} files)" for uid, files in series)
+        raise InputError(f"folder '{p}' holds {len(series)} DICOM series; pick one with its series UID: {listing}")
+    chosen = [files for uid, files in series if series_uid is None or uid == series_uid]
+    if not chosen:
+        raise InputError(f"series '{series_uid}' is not in '{p}'; it holds: {', '.join(u for u, _ in series)}")
+    headers = dicom.order_series([dicom.read_header(Path(f)) for f in chosen[0]], f"'{p}'")
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames([str(h.path) for h in headers])
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise InputError(f"cannot read the DICOM series in '{p}': {_first_line(exc)}") from None
+    vol = _image_to_volume(image, p, check_hu)
+    vol.metadata["dicom_files"] = len(headers)
+    _add_warnings(vol, dicom.header_warnings(headers))
+    return vol
+
+
+def _read_file(p: Path, series_uid: str | None, check_hu: bool) -> Volume:
+    sitk = _sitk()
     if p.stat().st_size == 0:
         raise InputError(f"input '{p}' is an empty file")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(p))
     try:
-        image = sitk.ReadImage(str(p))
+        reader.ReadImageInformation()
     except RuntimeError as exc:
         raise InputError(f"cannot read '{p}' as an image ({_first_line(exc)}); "
                          "supported: NRRD, NIfTI, MetaImage, DICOM") from None
-    return _image_to_volume(image, p, check_hu)
+    io = sitk.ImageFileReader.GetImageIOFromFileName(str(p))  # from the content, not the extension
+    kind = PICTURE_IOS.get(io)
+    if check_hu and kind:
+        raise InputError(f"'{p}' is a {kind} picture: it holds display grey levels, not HU, and no voxel "
+                         "spacing; give the CT as DICOM, NRRD, NIfTI or MetaImage")
+    is_dicom = io == "GDCMImageIO" or dicom.is_dicom_file(p)
+    header = dicom.read_header(p) if is_dicom else None
+    notes = dicom.header_warnings([header]) if header else []
+    if series_uid is not None:
+        if header is None:
+            raise InputError(f"a series UID ('{series_uid}') selects a series in a folder of DICOM files; "
+                             f"'{p}' is not a DICOM file, so it does not apply: leave the series UID out")
+        if header.series_uid != series_uid:
+            raise InputError(f"'{p}' belongs to DICOM series '{header.series_uid or 'none'}', not to the requested "
+                             f"series '{series_uid}'; give the folder that holds that series")
+        if header.frames == 1:
+            notes.append(f"a series UID was given with one DICOM file: only the slice in '{p.name}' was read, "
+                         "not the whole series; give the folder to read all its slices")
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise InputError(f"cannot read '{p}' as an image ({_first_line(exc)}); "
+                         "supported: NRRD, NIfTI, MetaImage, DICOM") from None
+    vol = _image_to_volume(image, p, check_hu)
+    _add_warnings(vol, notes)
+    return vol
+
+
+def _add_warnings(volume: Volume, notes: Iterable[str]) -> None:
+    notes = list(notes)
+    if notes:
+        volume.metadata["warnings"] = volume.warnings + notes
 
 
 def _first_line(exc: BaseException) -> str:
