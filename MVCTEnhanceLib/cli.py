@@ -2,7 +2,8 @@
 
 This interface is public (scripts and Slicer batch runs call it). Every user error is one line on
 stderr and exit code 2; ``--debug`` shows the traceback. Exit codes: 0 ok, 1 internal error,
-2 user error, 130 interrupted.
+2 user error, 130 interrupted (SIGINT), 143 terminated (SIGTERM); an interrupted enhance, metrics or
+simulate leaves no output and no temporary file (their outputs are one engine.files.OutputSet).
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ import traceback
 from typing import Any, Callable, Sequence
 
 from .engine.errors import MVCTEnhanceError
+from .engine.files import Terminated, committed_sets, interrupts_as_exceptions
 from .engine.version import __version__
 
 PROG = "mvct-enhance"
-EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+#: Commands whose outputs form one all-or-nothing output set: interrupted, they have written nothing.
+_OUTPUT_SET_COMMANDS = ("enhance", "metrics", "simulate")
 
 
 class _StageBars:
@@ -141,6 +145,9 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
     if args.output_dir:
         from pathlib import Path
 
+        if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
+            raise MVCTEnhanceError(f"'{args.output_dir}' is a file, not a folder: --output-dir takes an existing "
+                                   "folder (give the enhanced volume's file name with -o instead)")
         if not Path(args.output_dir).is_dir():
             raise MVCTEnhanceError(f"output folder '{args.output_dir}' does not exist")
         defaults = output_paths_for_dir(args.input, args.output_dir)
@@ -558,16 +565,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format=f"{PROG}: %(message)s")
+    committed_before = committed_sets()
     try:
-        return int(args.func(args) or EXIT_OK)
+        with interrupts_as_exceptions():  # SIGINT/SIGTERM unwind (output sets clean up) instead of killing
+            return int(args.func(args) or EXIT_OK)
+    except (KeyboardInterrupt, Terminated) as exc:
+        what, code = ("terminated", EXIT_TERMINATED) if isinstance(exc, Terminated) else ("interrupted", EXIT_INTERRUPTED)
+        if committed_sets() > committed_before:  # the signal came after the output set was in place
+            outcome = " after its outputs were written"
+        elif args.command in _OUTPUT_SET_COMMANDS:
+            outcome = "; no output was written"
+        else:
+            outcome = "; no output was written by the interrupted step"
+        print(f"{PROG}: {what}{outcome}", file=sys.stderr)
+        return code
     except MVCTEnhanceError as exc:
         if args.debug:
             traceback.print_exc()
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EXIT_USER
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; no output was written by the interrupted step", file=sys.stderr)
-        return EXIT_INTERRUPTED
     except OSError as exc:  # permissions, full disk...: the user's environment, not our bug
         if args.debug:
             traceback.print_exc()

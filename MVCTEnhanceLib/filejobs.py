@@ -1,8 +1,9 @@
 """File-to-file jobs shared by the ``mvct-enhance`` CLI and the Slicer batch script.
 
-Every output path is checked before any work starts, all computation finishes before the first
-file is written, and each file is written atomically: an error or a cancel leaves nothing behind
-that was not there before, and nothing that existed is overwritten unless asked.
+Every output path is checked (and its folder found writable) before any work starts, and the files
+of one job form one :class:`engine.files.OutputSet`: written aside, moved into place together when
+every part succeeded. An error, a cancel, SIGINT or SIGTERM leaves nothing behind that was not there
+before, and nothing that existed is overwritten unless asked (and then only by a complete new set).
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ from typing import Any, Callable
 
 from .engine.errors import InputError, OutputError
 from .engine.figures import montage_png
-from .engine.files import write_json
+from .engine.files import OutputSet, write_json
 from .engine.job import EnhanceSettings, ProgressFn, geometry_dict, run_enhance
 from .engine.metrics import assess
 from .engine.modelfile import file_sha256, load_model, read_card
 from .engine.resources import default_model_path
 from .engine.version import __version__
-from .engine.volume import check_output_path, read_volume, write_volume
+from .engine.volume import WRITE_EXTENSIONS, check_output_path, read_volume, write_volume
 
 
 def output_paths_for_dir(input_path: str | os.PathLike, output_dir: str | os.PathLike) -> dict[str, Path]:
@@ -37,21 +38,27 @@ def output_paths_for_dir(input_path: str | os.PathLike, output_dir: str | os.Pat
             "montage": d / f"{name}_montage.png"}
 
 
-def _check_outputs(outputs: dict[str, str | os.PathLike | None], overwrite: bool, inputs: list[str]) -> dict[str, Path]:
+#: File names suggested when an output path is a folder.
+_EXAMPLE_NAMES = {"output": "enhanced.nrrd", "dig": "dig.nrrd", "nselfssim": "nselfssim.nrrd",
+                  "report": "report.json", "montage": "montage.png"}
+
+
+def _check_outputs(outputs: dict[str, str | os.PathLike | None], overwrite: bool, inputs: list[str],
+                   output_set: OutputSet, folder_hint: str = "") -> dict[str, Path]:
+    """Check every output and add it to ``output_set`` (which finds each folder writable), before any work."""
     checked: dict[str, Path] = {}
     for key, path in outputs.items():
         if path is None:
             continue
-        if key == "report":
-            p = check_output_path(path, overwrite, inputs, (".json",), "report")
-        elif key == "montage":
-            p = check_output_path(path, overwrite, inputs, (".png",), "montage")
+        extensions = {"report": (".json",), "montage": (".png",)}.get(key, WRITE_EXTENSIONS)
+
+        def validate(p: Path, extensions: tuple[str, ...] = extensions, what: str = key) -> None:
+            check_output_path(p, overwrite, inputs, extensions, what)
+
+        checked[key] = output_set.add(path, key, _EXAMPLE_NAMES[key], folder_hint if key == "output" else "",
+                                      validate)
+        if key == "montage":
             _require_matplotlib()
-        else:
-            p = check_output_path(path, overwrite, inputs)
-        if p.resolve() in {c.resolve() for c in checked.values()}:
-            raise OutputError(f"'{p}' is given for two outputs; give each output its own path")
-        checked[key] = p
     return checked
 
 
@@ -80,43 +87,45 @@ def enhance_file(input_path: str | os.PathLike, output: str | os.PathLike | None
     if output is None:
         raise OutputError("no output path given")
     inputs = [str(input_path)] + ([str(planning_ct)] if planning_ct else [])
-    paths = _check_outputs({"output": output, "dig": dig, "nselfssim": nselfssim, "report": report,
-                            "montage": montage}, overwrite, inputs)
-    model_path = Path(model) if model else default_model_path()
     if output_type not in ("float32", "int16"):
         raise OutputError(f"output type '{output_type}' is not supported; use float32 or int16")
-    settings = settings or EnhanceSettings()
-    if not (dig or nselfssim or report or montage):
-        settings = dataclasses.replace(settings, assess=False)
+    with OutputSet(overwrite) as outputs:
+        paths = _check_outputs({"output": output, "dig": dig, "nselfssim": nselfssim, "report": report,
+                                "montage": montage}, overwrite, inputs, outputs, " or use --output-dir")
+        model_path = Path(model) if model else default_model_path()
+        settings = settings or EnhanceSettings()
+        if not (dig or nselfssim or report or montage):
+            settings = dataclasses.replace(settings, assess=False)
 
-    volume = read_volume(input_path, series_uid=series_uid)
-    planning = read_volume(planning_ct) if planning_ct else None
-    loaded = load_model(model_path)
-    t_loaded = time.perf_counter()
-    outcome = run_enhance(volume, loaded, planning, settings, progress, should_cancel)
-    t_computed = time.perf_counter()
+        volume = read_volume(input_path, series_uid=series_uid)
+        planning = read_volume(planning_ct) if planning_ct else None
+        loaded = load_model(model_path)
+        t_loaded = time.perf_counter()
+        outcome = run_enhance(volume, loaded, planning, settings, progress, should_cancel)
+        t_computed = time.perf_counter()
 
-    assessment = outcome.assessment
-    write_volume(outcome.result, paths["output"], dtype=output_type, overwrite=overwrite, inputs=inputs)
-    if assessment is not None and "dig" in paths:
-        write_volume(assessment.dig, paths["dig"], overwrite=overwrite, inputs=inputs)
-    if assessment is not None and "nselfssim" in paths:
-        write_volume(assessment.nselfssim_output, paths["nselfssim"], overwrite=overwrite, inputs=inputs)
-    if assessment is not None and "montage" in paths:
-        montage_png(paths["montage"], volume, outcome.result, planning, assessment.dig, assessment.nselfssim_output,
-                    title=f"{Path(input_path).name} with {loaded.card.name} {loaded.card.version}; not for diagnosis")
-    t_written = time.perf_counter()
+        assessment = outcome.assessment
+        write_volume(outcome.result, outputs.stage(paths["output"]), dtype=output_type)
+        if assessment is not None and "dig" in paths:
+            write_volume(assessment.dig, outputs.stage(paths["dig"]))
+        if assessment is not None and "nselfssim" in paths:
+            write_volume(assessment.nselfssim_output, outputs.stage(paths["nselfssim"]))
+        if assessment is not None and "montage" in paths:
+            montage_png(outputs.stage(paths["montage"]), volume, outcome.result, planning, assessment.dig,
+                        assessment.nselfssim_output,
+                        title=f"{Path(input_path).name} with {loaded.card.name} {loaded.card.version}; not for diagnosis")
+        t_written = time.perf_counter()
 
-    data = outcome.report()
-    data["input"] = {"path": str(input_path), **data["input"]}
-    if planning is not None:
-        data["planning_ct"] = {"path": str(planning_ct), **data["planning_ct"]}
-    data["outputs"] = {k: str(v) for k, v in paths.items()}
-    data["output_type"] = output_type
-    data["timings_s"] = {"load": round(t_loaded - t_start, 4), **data["timings_s"],
-                         "write": round(t_written - t_computed, 4), "total": round(t_written - t_start, 4)}
-    if "report" in paths:
-        write_json(data, paths["report"])
+        data = outcome.report()
+        data["input"] = {"path": str(input_path), **data["input"]}
+        if planning is not None:
+            data["planning_ct"] = {"path": str(planning_ct), **data["planning_ct"]}
+        data["outputs"] = {k: str(v) for k, v in paths.items()}
+        data["output_type"] = output_type
+        data["timings_s"] = {"load": round(t_loaded - t_start, 4), **data["timings_s"],
+                             "write": round(t_written - t_computed, 4), "total": round(t_written - t_start, 4)}
+        if "report" in paths:
+            write_json(data, outputs.stage(paths["report"]))
     return data
 
 
@@ -131,25 +140,26 @@ def metrics_file(image_path: str | os.PathLike, *, converted: str | os.PathLike 
     inputs = [str(image_path)] + ([str(converted)] if converted else [])
     if dig and not converted:
         raise InputError("a DIG map needs the converted image: pass --converted FILE")
-    paths = _check_outputs({"dig": dig, "nselfssim": nselfssim, "report": report}, overwrite, inputs)
-    image = read_volume(image_path)
-    conv = read_volume(converted) if converted else None
-    if conv is not None and not conv.same_geometry(image):
-        raise InputError(f"'{converted}' does not have the geometry of '{image_path}' (shape, spacing, origin, "
-                         "direction must match exactly): DIG compares voxel by voxel")
-    assessment = assess(image, conv, noise_sd=ms.noise_sd, window=ms.window, seed=ms.seed, device=settings.device,
-                        progress=(lambda d, t: progress("metrics", d, t)) if progress else None)
-    if "dig" in paths and assessment.dig is not None:
-        write_volume(assessment.dig, paths["dig"], overwrite=overwrite, inputs=inputs)
-    if "nselfssim" in paths:
-        # NSelfSSIM of the converted image when there is one (what a user checks), else of the image.
-        nss = assessment.nselfssim_output if assessment.nselfssim_output is not None else assessment.nselfssim_input
-        write_volume(nss, paths["nselfssim"], overwrite=overwrite, inputs=inputs)
-    data = {"engine_version": __version__, "image": {"path": str(image_path), **geometry_dict(image)},
-            "converted": str(converted) if converted else None, "outputs": {k: str(v) for k, v in paths.items()},
-            "metrics": assessment.summaries}
-    if "report" in paths:
-        write_json(data, paths["report"])
+    with OutputSet(overwrite) as outputs:
+        paths = _check_outputs({"dig": dig, "nselfssim": nselfssim, "report": report}, overwrite, inputs, outputs)
+        image = read_volume(image_path)
+        conv = read_volume(converted) if converted else None
+        if conv is not None and not conv.same_geometry(image):
+            raise InputError(f"'{converted}' does not have the geometry of '{image_path}' (shape, spacing, origin, "
+                             "direction must match exactly): DIG compares voxel by voxel")
+        assessment = assess(image, conv, noise_sd=ms.noise_sd, window=ms.window, seed=ms.seed, device=settings.device,
+                            progress=(lambda d, t: progress("metrics", d, t)) if progress else None)
+        if "dig" in paths and assessment.dig is not None:
+            write_volume(assessment.dig, outputs.stage(paths["dig"]))
+        if "nselfssim" in paths:
+            # NSelfSSIM of the converted image when there is one (what a user checks), else of the image.
+            nss = assessment.nselfssim_output if assessment.nselfssim_output is not None else assessment.nselfssim_input
+            write_volume(nss, outputs.stage(paths["nselfssim"]))
+        data = {"engine_version": __version__, "image": {"path": str(image_path), **geometry_dict(image)},
+                "converted": str(converted) if converted else None, "outputs": {k: str(v) for k, v in paths.items()},
+                "metrics": assessment.summaries}
+        if "report" in paths:
+            write_json(data, outputs.stage(paths["report"]))
     return data
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,8 @@ import SimpleITK as sitk
 from conftest import ROTATED_DIRECTION, phantom_array
 from MVCTEnhanceLib.cli import main
 from MVCTEnhanceLib.engine.volume import Volume, read_volume, write_volume
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -145,3 +148,90 @@ def test_console_script_reports_errors_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("mvct-enhance: error:")
     assert "Traceback" not in proc.stderr
+
+
+# -- issue 10, section 2: what a new user hit -------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (3, 3, 3), (2, 4, 4), (1, 4, 40)])
+def test_tiny_images_are_converted_with_a_warning(tmp_path, capsys, tiny_model_path, shape):
+    # Before: exit 1 and a TorchScript traceback ("Expected more than 1 spatial element").
+    src = tmp_path / "tiny.nrrd"
+    values = np.linspace(-50.0, 60.0, int(np.prod(shape)), dtype=np.float32).reshape(shape)
+    write_volume(Volume(values, spacing=(1.0, 1.0, 2.0)), src)
+    code, out, err = _run(capsys, "enhance", src, "-o", tmp_path / "e.nrrd", "--report", tmp_path / "r.json",
+                          "--model", tiny_model_path)
+    assert code == 0, err
+    assert "Traceback" not in err
+    assert read_volume(tmp_path / "e.nrrd", check_hu=False).same_geometry(read_volume(src))
+    warnings = json.loads((tmp_path / "r.json").read_text())["warnings"]
+    assert any("pixels in-plane" in w and "not meaningful" in w for w in warnings), warnings
+
+
+def test_simulate_refuses_images_too_small_to_simulate(tmp_path, capsys):
+    # Before: "internal error: ValueError: lam value too large", later NaN voxels written silently.
+    src = tmp_path / "tiny.nrrd"
+    write_volume(Volume(np.linspace(-50.0, 60.0, 27, dtype=np.float32).reshape(3, 3, 3)), src)
+    code, _, err = _run(capsys, "simulate", src, "-o", tmp_path / "mv.nrrd")
+    _assert_user_error(code, err, "3 x 3 pixels in-plane; simulating an MVCT needs at least 16 x 16")
+    assert not (tmp_path / "mv.nrrd").exists()
+
+
+def test_output_dir_that_is_a_file_and_output_that_is_a_folder_say_so(tmp_path, capsys, mvct_file, tiny_model_path):
+    # Before: "does not exist" and "unsupported extension".
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x")
+    code, _, err = _run(capsys, "enhance", mvct_file, "--output-dir", a_file, "--model", tiny_model_path)
+    _assert_user_error(code, err, f"'{a_file}' is a file, not a folder")
+    folder = tmp_path / "results"
+    folder.mkdir()
+    code, _, err = _run(capsys, "enhance", mvct_file, "-o", folder, "--model", tiny_model_path)
+    _assert_user_error(code, err, f"output '{folder}' is a folder; give a file name such as "
+                                  f"'{folder / 'enhanced.nrrd'}' or use --output-dir")
+    code, _, err = _run(capsys, "enhance", mvct_file, "-o", a_file / "e.nrrd", "--model", tiny_model_path)
+    _assert_user_error(code, err, f"'{a_file}' is a file, not a folder")
+    code, _, err = _run(capsys, "simulate", mvct_file, "-o", folder)
+    _assert_user_error(code, err, f"output '{folder}' is a folder; give a file name such as")
+    assert list(folder.iterdir()) == []
+
+
+def test_report_warns_about_a_planning_ct_elsewhere_and_a_body_cut_by_the_field(tmp_path, capsys, tiny_model_path):
+    mvct = Volume(phantom_array((3, 48, 40)), spacing=(1.0, 1.0, 3.0), origin=(-20.0, -24.0, 5.0))
+    write_volume(mvct, tmp_path / "mv.nrrd")
+    write_volume(mvct, tmp_path / "same.nrrd")
+    elsewhere = Volume(phantom_array((4, 40, 40), seed=5), spacing=(1.0, 1.0, 2.5), origin=(-20.0, -24.0, 400.0))
+    write_volume(elsewhere, tmp_path / "far.nrrd")
+    cut = mvct.array.copy()
+    cut[:, 10:38, :] = 40.0  # the body runs across the whole width: cut by the field of view
+    write_volume(mvct.with_array(cut), tmp_path / "cut.nrrd")
+
+    def warnings(src, *extra):
+        report = tmp_path / f"{src}.json"
+        code, _, err = _run(capsys, "enhance", tmp_path / src, "-o", tmp_path / f"{src}_e.nrrd", "--report", report,
+                            "--model", tiny_model_path, *extra)
+        assert code == 0, err
+        return json.loads(report.read_text())["warnings"]
+
+    far = warnings("mv.nrrd", "--planning-ct", tmp_path / "far.nrrd")
+    assert any("planning CT does not overlap the MVCT in space" in w for w in far), far
+    assert not any("image border" in w for w in far)
+    same = warnings("mv.nrrd", "--planning-ct", tmp_path / "same.nrrd", "--overwrite")
+    assert not any("overlap" in w or "covers only" in w for w in same), same
+    fov = warnings("cut.nrrd")
+    assert any("reaches the image border in 3 of 3 slices" in w and "field of view" in w for w in fov), fov
+
+
+def _readme_python_snippet() -> str:
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("\n## Python\n"):]
+    return section[section.index("```python\n") + len("```python\n"):section.index("\n```", section.index("```python"))]
+
+
+def test_readme_python_snippet_runs_as_printed_with_the_default_model(tmp_path):
+    # Before: its input file did not exist and it used the untrained tiny model.
+    snippet = _readme_python_snippet()
+    assert "tiny" not in snippet and "default_model_path()" in snippet
+    proc = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env={k: v for k, v in os.environ.items() if k != "MVCTENHANCE_RESOURCES"})
+    assert proc.returncode == 0, proc.stderr
+    assert read_volume(tmp_path / "enhanced.nrrd").same_geometry(read_volume(REPO / "Resources/sample/sample_mvct.nrrd"))
+    assert (tmp_path / "dig.nrrd").is_file()

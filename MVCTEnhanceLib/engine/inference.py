@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import time
 from typing import Any, Callable
@@ -47,6 +48,17 @@ DEFAULT_BATCH = {"cuda": 8, "mps": 4, "cpu": 2}
 #: Body voxels outside the model's window above this fraction trigger a domain warning.
 OUTSIDE_WINDOW_WARN_FRACTION = 0.05
 BODY_THRESHOLD_HU = -400.0
+#: A slice's body is "cut by the field of view" when body voxels (> BODY_THRESHOLD_HU) cover more than
+#: this fraction of its border pixels: a couch or cables crossing the edge cover a few percent, a body
+#: wider than the field (or a field cropped inside the body) a quarter or more.
+FOV_BORDER_BODY_FRACTION = 0.10
+#: ...and the warning is given when at least this fraction of the slices holding body are cut: a few
+#: cut slices at one end (the shoulders of a head-and-neck scan) are common and affect only themselves.
+FOV_CUT_SLICES_FRACTION = 0.25
+#: Smallest in-plane size (pixels on the network grid) a slice is given to the network: the STRIDE-fold
+#: downsampling must leave at least 2 x 2 latent pixels for the residual blocks' reflection padding and
+#: instance norms (at 1 x 1 TorchScript fails with "Expected more than 1 spatial element").
+MIN_NET_PIXELS = 2 * STRIDE
 
 ProgressFn = Callable[[int, int], None]
 CancelFn = Callable[[], bool]
@@ -83,9 +95,27 @@ def check_domain(volume: Volume, card: ModelCard, resample: bool = True, spacing
         if outside / n_body > OUTSIDE_WINDOW_WARN_FRACTION:
             notes.append(f"{100.0 * outside / n_body:.1f}% of body voxels lie outside the model's window "
                          f"[{lo:g}, {hi:g}] HU; their excess is carried over, not converted")
+        notes += _field_of_view_notes(np.moveaxis(body, volume.axial_axis(), 0))
     else:
         notes.append(f"no voxel above {BODY_THRESHOLD_HU:g} HU: the image seems to contain no body")
     return notes
+
+
+def _field_of_view_notes(body: np.ndarray) -> list[str]:
+    """A warning when the body (bool, (slices, rows, cols)) reaches the image border in many slices."""
+    n, h, w = body.shape
+    edge = np.ones((h, w), dtype=bool)
+    if h > 2 and w > 2:
+        edge[1:-1, 1:-1] = False
+    on_border = body[:, edge].mean(axis=1)
+    has_body = body.any(axis=(1, 2))
+    cut = int(np.count_nonzero(on_border > FOV_BORDER_BODY_FRACTION))
+    if cut < FOV_CUT_SLICES_FRACTION * int(np.count_nonzero(has_body)):
+        return []
+    return [f"the body reaches the image border in {cut} of {int(np.count_nonzero(has_body))} slices (up to "
+            f"{100.0 * float(on_border.max()):.0f}% of the border): it fills or is cut by the field of view (or "
+            "the area outside the reconstruction circle is not air); the model was trained with air around "
+            "the body, so expect errors near the border"]
 
 
 def _resolve_precision(precision: str, dev: Any) -> Any:
@@ -104,6 +134,17 @@ def _resolve_precision(precision: str, dev: Any) -> Any:
 
 def _grid_size(n: int, spacing: float, target: float) -> int:
     return max(1, int(round(n * spacing / target)))
+
+
+def _min_size_padding(n: int, spacing: float, target: float, resampled: bool) -> int:
+    """Pixels to add to an in-plane size ``n`` so that its network grid has MIN_NET_PIXELS (0 if it has)."""
+    size = (lambda m: _grid_size(m, spacing, target)) if resampled else (lambda m: m)
+    if size(n) >= MIN_NET_PIXELS:
+        return 0
+    need = max(n, math.ceil((MIN_NET_PIXELS - 0.5) * target / spacing)) if resampled else MIN_NET_PIXELS
+    while size(need) < MIN_NET_PIXELS:
+        need += 1
+    return need - n
 
 
 class _SliceConverter:
@@ -213,8 +254,19 @@ def enhance(volume: Volume, model: LoadedModel | str | os.PathLike, *, device: A
     spacing = volume.inplane_spacing(axis)
     target = card.pixel_spacing_mm
     resampled = resample and any(abs(s / t - 1.0) > spacing_tolerance for s, t in zip(spacing, target))
-    net_hw = (_grid_size(h, spacing[0], target[0]), _grid_size(w, spacing[1], target[1])) if resampled else None
+    # Slices too small for the network are padded with their edge values and cropped back, rather than
+    # refused: the stride padding already extends the borders this way, the padding changes no voxel's
+    # own conversion (the identity generator still returns the input exactly), and every image that can
+    # be read stays convertible. A field this small holds no anatomy the model knows: the report says so.
+    pad_h, pad_w = (_min_size_padding(m, s, t, resampled) for m, s, t in zip((h, w), spacing, target))
+    top, left = pad_h // 2, pad_w // 2
+    net_hw = (_grid_size(h + pad_h, spacing[0], target[0]), _grid_size(w + pad_w, spacing[1], target[1])) \
+        if resampled else None
     notes = check_domain(volume, card, resample, spacing_tolerance)
+    if pad_h or pad_w:
+        notes.append(f"the image is only {h} x {w} pixels in-plane ({h * spacing[0]:.3g} x {w * spacing[1]:.3g} mm): padded to {h + pad_h} x {w + pad_w} (edge "
+                     f"values; the network needs {MIN_NET_PIXELS} x {MIN_NET_PIXELS} on its grid) and cropped back; "
+                     "a field this small holds no anatomy the model knows, so the result is not meaningful")
 
     module = loaded.module.to(dev)
     converter = _SliceConverter(module, card, dev, amp_dtype, net_hw)
@@ -229,8 +281,10 @@ def enhance(volume: Volume, model: LoadedModel | str | os.PathLike, *, device: A
                 raise EnhanceCancelled(f"conversion cancelled after {start} of {n} slices; no output was produced")
             stop = min(n, start + bs)
             batch = np.array(slices[start:stop], dtype=np.float32, copy=True)
+            if pad_h or pad_w:
+                batch = np.pad(batch, ((0, 0), (top, pad_h - top), (left, pad_w - left)), mode="edge")
             try:
-                out[start:stop] = converter(batch)
+                out[start:stop] = converter(batch)[:, top:top + h, left:left + w]
             except Exception as exc:
                 if dev.type != "cuda" or not _is_oom(exc):
                     raise
@@ -255,8 +309,10 @@ def enhance(volume: Volume, model: LoadedModel | str | os.PathLike, *, device: A
         "model": {"name": card.name, "version": card.version, "sha256": loaded.sha256},
         "device": str(dev), "batch_size": bs, "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
         "resample": bool(resample), "resampled": bool(resampled), "spacing_tolerance": spacing_tolerance,
-        "network_grid": list(net_hw) if net_hw else [h, w], "axial_axis": axis, "slices": n,
+        "network_grid": list(net_hw) if net_hw else [h + pad_h, w + pad_w], "axial_axis": axis, "slices": n,
     }
+    if pad_h or pad_w:
+        params["min_size_padding"] = [pad_h, pad_w]
     for note in notes:
         log.warning(note)
     return EnhanceResult(volume.with_array(result, enhanced_by=card.name), notes, seconds, str(dev), params)

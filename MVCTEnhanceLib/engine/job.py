@@ -15,6 +15,8 @@ import dataclasses
 import time
 from typing import Any, Callable
 
+import numpy as np
+
 from .errors import EnhanceCancelled, InputError
 from .inference import EnhanceResult, enhance
 from .calibration import tissue_calibration
@@ -28,6 +30,10 @@ from .volume import Volume
 ProgressFn = Callable[[str, int, int], None]
 CancelFn = Callable[[], bool]
 STAGES = ("enhance", "metrics", "planning")
+#: A planning CT normally covers the whole MVCT (it is acquired over a longer range to plan on): when
+#: less than this fraction of the MVCT's extent lies inside it, it is another patient, unregistered, or
+#: other anatomy, and the montage's "nearest slice" (clamped to its end) shows an unrelated slice.
+PLANNING_OVERLAP_WARN_FRACTION = 0.5
 #: Above this fraction of the body with a changed tissue class the job warns (a good conversion
 #: changes only voxels at tissue boundaries; erasing a structure changes many).
 TISSUE_CHANGE_WARN_FRACTION = 0.01
@@ -78,6 +84,28 @@ class Outcome:
 def geometry_dict(volume: Volume) -> dict[str, Any]:
     return {"shape": list(volume.array.shape), "spacing": list(volume.spacing), "origin": list(volume.origin),
             "direction": list(volume.direction), "axial_axis": volume.axial_axis()}
+
+
+def physical_bounds(volume: Volume) -> tuple[np.ndarray, np.ndarray]:
+    """Axis-aligned bounding box (LPS, mm; low and high corners) of the voxels' extent in patient space."""
+    shape_ijk = np.asarray(volume.array.shape[::-1], dtype=np.float64)
+    corners = np.array([[-0.5 if bit == "0" else n - 0.5 for bit, n in zip(f"{c:03b}", shape_ijk)] for c in range(8)])
+    points = np.asarray(volume.origin) + (corners * np.asarray(volume.spacing)) @ volume.direction_matrix.T
+    return points.min(axis=0), points.max(axis=0)
+
+
+def planning_overlap_warnings(mvct: Volume, planning: Volume) -> list[str]:
+    """A warning when the planning CT does not cover most of the MVCT in patient coordinates."""
+    lo_m, hi_m = physical_bounds(mvct)
+    lo_p, hi_p = physical_bounds(planning)
+    inter = np.clip(np.minimum(hi_m, hi_p) - np.maximum(lo_m, lo_p), 0.0, None)
+    fraction = float(np.prod(inter) / max(float(np.prod(hi_m - lo_m)), 1e-12))
+    if fraction >= PLANNING_OVERLAP_WARN_FRACTION:
+        return []
+    where = "does not overlap the MVCT in space" if fraction == 0.0 else \
+        f"covers only {100.0 * fraction:.0f}% of the MVCT's extent"
+    return [f"planning CT {where} (bounding boxes in patient coordinates): it is another patient, not registered "
+            "to the MVCT, or other anatomy; the montage shows an unrelated slice of it"]
 
 
 def model_warnings(loaded: LoadedModel) -> list[str]:
@@ -135,7 +163,7 @@ def run_enhance(volume: Volume, model: LoadedModel, planning: Volume | None = No
     if assessment is not None:
         warnings += tissue_change_warnings(assessment.summaries["tissue_change"]["output"])
     if planning is not None:
-        warnings += [f"planning CT: {w}" for w in planning.warnings]
+        warnings += [f"planning CT: {w}" for w in planning.warnings] + planning_overlap_warnings(volume, planning)
     timings = {"enhance": round(t1 - t0, 4), "metrics": round(t2 - t1, 4),
                "slices_per_s": round(enhanced.parameters["slices"] / max(enhanced.seconds, 1e-9), 3)}
     return Outcome(volume, planning, enhanced.volume, enhanced, assessment, planning_assessment, warnings, model, settings,

@@ -21,8 +21,8 @@ def resource_roots() -> list[Path]:
     env = os.environ.get("MVCTENHANCE_RESOURCES")
     if env:
         roots.append(Path(env))
-    here = Path(__file__).resolve().parent
-    roots += [here.parent / "Resources", here / "_resources"]
+    package = Path(__file__).resolve().parents[1]  # MVCTEnhanceLib/ (this file is in engine/)
+    roots += [package.parent / "Resources", package / "_resources"]
     return [r for r in roots if r.is_dir()]
 
 
