@@ -77,7 +77,7 @@ def _positive_float(text: str) -> float:
 
 
 def _add_metric_options(p: argparse.ArgumentParser) -> None:
-    from .engine.metrics import NSELFSSIM_NOISE_SD, NSELFSSIM_WINDOW
+    from .engine.settings import NSELFSSIM_NOISE_SD, NSELFSSIM_WINDOW
 
     lo, hi = NSELFSSIM_WINDOW
     g = p.add_argument_group("quality metrics")
