@@ -48,6 +48,7 @@ def _ensureImportPaths() -> None:
 _ensureImportPaths()
 
 from MVCTEnhanceLib.engine.settings import DEVICE_CHOICES, EnhanceSettings  # noqa: E402  (pure Python)
+from MVCTEnhanceMRML.display import OVERLAY_CHOICES  # noqa: E402  (MRML and numpy only)
 
 _DEFAULTS = EnhanceSettings()  # the engine's defaults, shown as the parameter node's
 
@@ -172,7 +173,7 @@ class MVCTEnhanceParameterNode:
     batchSize - slices per batch (0: auto, 8 on CUDA, 2 on CPU). computeMetrics - DIG and NSelfSSIM maps and summaries.
     noiseSD, nselfssimWindowLow/High - NSelfSSIM settings (HU). overlayMap, overlayOpacity - which map
     is shown over the enhanced volume, and how opaque. enhancedVolume, digVolume, nselfssimVolume,
-    resultsTable - outputs of the last run.
+    tissueChangeVolume, resultsTable - outputs of the last run.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -184,11 +185,12 @@ class MVCTEnhanceParameterNode:
     noiseSD: Annotated[float, WithinRange(1.0, 200.0)] = _DEFAULTS.metrics.noise_sd
     nselfssimWindowLow: Annotated[float, WithinRange(-1024.0, 3000.0)] = _DEFAULTS.metrics.window[0]
     nselfssimWindowHigh: Annotated[float, WithinRange(-1024.0, 3000.0)] = _DEFAULTS.metrics.window[1]
-    overlayMap: Annotated[str, Choice(["nselfssim", "dig", "none"])] = "nselfssim"
+    overlayMap: Annotated[str, Choice(list(OVERLAY_CHOICES))] = "nselfssim"
     overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     enhancedVolume: vtkMRMLScalarVolumeNode
     digVolume: vtkMRMLScalarVolumeNode
     nselfssimVolume: vtkMRMLScalarVolumeNode
+    tissueChangeVolume: vtkMRMLScalarVolumeNode
     resultsTable: vtkMRMLTableNode
 
 
@@ -441,6 +443,7 @@ class MVCTEnhanceLogic(ScriptedLoadableModuleLogic):
         p.enhancedVolume = outputs.enhancedVolume
         p.digVolume = outputs.digVolume
         p.nselfssimVolume = outputs.nselfssimVolume
+        p.tissueChangeVolume = outputs.tissueChangeVolume
         p.resultsTable = outputs.resultsTable
         return outputs
 
@@ -465,14 +468,10 @@ class MVCTEnhanceLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def applyOverlay(parameterNode: MVCTEnhanceParameterNode) -> None:
         """Show the chosen map over the last enhanced volume at the chosen opacity (no-op before a run)."""
-        import MVCTEnhanceMRML
+        from MVCTEnhanceMRML import display
 
         p = parameterNode
-        if not p.enhancedVolume:
-            return
-        mapNode = {"nselfssim": p.nselfssimVolume, "dig": p.digVolume}.get(p.overlayMap)
-        MVCTEnhanceMRML.setOverlayMap(slicer.mrmlScene, p.enhancedVolume.GetID(),
-                                      mapNode.GetID() if mapNode else None, p.overlayOpacity)
+        display.showOverlay(slicer.mrmlScene, p.enhancedVolume, p.overlayMap, p.overlayOpacity)
 
 
 #

@@ -22,7 +22,7 @@ import slicer
 from conftest import ROTATED_DIRECTION, phantom_array
 from MVCTEnhanceLib.engine.errors import EnhanceCancelled, InputError, ModelError
 from MVCTEnhanceLib.engine.inference import enhance
-from MVCTEnhanceLib.engine.metrics import assess
+from MVCTEnhanceLib.engine.metrics import assess, body_mask
 from MVCTEnhanceLib.engine.modelfile import file_sha256
 from MVCTEnhanceLib.engine.version import __version__ as ENGINE_VERSION
 from MVCTEnhanceLib.engine.volume import Volume, write_volume
@@ -145,9 +145,9 @@ def test_slicer_nrrd_reader_agrees_with_the_engine_geometry(tmp_path):
 
 def test_outputs_are_new_scalar_volumes_with_the_input_geometry(run):
     out, mvct = run["outputs"], run["mvct"]
-    vols = (out.enhancedVolume, out.digVolume, out.nselfssimVolume)
-    assert [n.GetName() for n in vols] == ["MVCT enhanced", "MVCT DIG", "MVCT NSelfSSIM"]
-    assert len({n.GetID() for n in vols} | {mvct.GetID()}) == 4
+    vols = (out.enhancedVolume, out.digVolume, out.nselfssimVolume, out.tissueChangeVolume)
+    assert [n.GetName() for n in vols] == ["MVCT enhanced", "MVCT DIG", "MVCT NSelfSSIM", "MVCT tissue change"]
+    assert len({n.GetID() for n in vols} | {mvct.GetID()}) == 5
     for node in vols:
         assert node.GetClassName() == "vtkMRMLScalarVolumeNode"
         assert node.GetImageData().GetDimensions() == mvct.GetImageData().GetDimensions()
@@ -166,11 +166,25 @@ def reference(run):
 
 
 def test_voxels_are_the_engines_output(run, reference):
-    """The nodes hold exactly what the library computes for the same Volume (no second implementation)."""
+    """The nodes hold exactly what the library computes for the same Volume (no second implementation);
+    the maps inside the engine's body mask, the outside-body value elsewhere."""
+    from MVCTEnhanceLib.engine.calibration import tissue_calibration
+    from MVCTEnhanceLib.engine.metrics import tissue_change_map
+
     result, assessment = reference["result"], reference["assessment"]
     np.testing.assert_array_equal(_voxels(run["outputs"].enhancedVolume), result.volume.array)
-    np.testing.assert_array_equal(_voxels(run["outputs"].digVolume), assessment.dig.array)
-    np.testing.assert_array_equal(_voxels(run["outputs"].nselfssimVolume), assessment.nselfssim_output.array)
+    body = body_mask(run["mvctVolume"])
+    np.testing.assert_array_equal(assessment.mask, body)
+    assert 0.2 < body.mean() < 0.9  # the phantom has air around it
+    anchor = run["mvctVolume"].with_array(tissue_calibration().apply(run["mvctVolume"].array))
+    tissue, _ = tissue_change_map(anchor, result.volume, body)
+    for node, engineMap in ((run["outputs"].digVolume, assessment.dig.array),
+                            (run["outputs"].nselfssimVolume, assessment.nselfssim_output.array),
+                            (run["outputs"].tissueChangeVolume, tissue.array)):
+        voxels = _voxels(node)
+        np.testing.assert_array_equal(voxels[body], engineMap[body])
+        assert (voxels[~body] == display.OUTSIDE_BODY_VALUE).all()
+        assert node.GetAttribute("MVCTEnhance.OutsideBodyValue") == "-2.0"
     assert not np.array_equal(result.volume.array, run["mvctVolume"].array)  # the tiny model does change it
 
 
@@ -201,6 +215,37 @@ def test_display_colour_tables_and_windows(run):
     digValues = _voxels(out.digVolume)
     assert dig.GetWindowLevelMin() == 0.0
     assert 0.0 < dig.GetWindowLevelMax() <= float(digValues.max())
+    tissue = out.tissueChangeVolume.GetDisplayNode()
+    assert tissue.GetColorNodeID() == "vtkMRMLColorTableNodeMVCTEnhanceMagenta"
+    assert (tissue.GetWindowLevelMin(), tissue.GetWindowLevelMax()) == (0.0, 1.0)
+    # Transparent outside the body (and, for the tissue-change map, where nothing changed); voxel by voxel.
+    for node, lower in ((nss, -1.5), (dig, -1.5), (tissue, 0.5)):
+        assert node.GetApplyThreshold() and not node.GetAutoThreshold()
+        assert node.GetLowerThreshold() == lower and display.OUTSIDE_BODY_VALUE < lower
+        assert node.GetUpperThreshold() > float(_voxels(node.GetDisplayableNode()).max())
+        assert node.GetInterpolate() == 0
+
+
+def test_colour_tables_define_every_entry_without_deprecated_calls():
+    """SetNamesInitialised is deprecated (a VTK error on Slicer >= 5.10): named SetColor defines each entry."""
+    scene = _newScene()
+    for which in ("nselfssim", "dig", "tissuechange"):
+        table = display.colorNodeForMap(scene, which)
+        assert all(table.GetColorDefined(i) for i in range(table.GetNumberOfColors()))
+        assert table.GetColorName(0).startswith(display.MAP_STYLES[which].colormap)
+    assert "SetNamesInitialised" not in (REPO / "MVCTEnhance" / "MVCTEnhanceMRML" / "display.py").read_text()
+
+
+def test_each_map_has_a_colour_legend_with_its_unit(run):
+    out = run["outputs"]
+    titles = {}
+    for which in ("nselfssim", "dig", "tissuechange"):
+        legend = display.colorLegendOf(out.mapNode(which))
+        assert legend is not None and legend.IsA("vtkMRMLColorLegendDisplayNode")
+        assert legend.GetPrimaryDisplayNode() is out.mapNode(which).GetDisplayNode()
+        titles[which] = legend.GetTitleText()
+    assert titles == {"nselfssim": "NSelfSSIM (unitless, 1 = noisy)", "dig": "DIG (HU^2/mm^2)",
+                      "tissuechange": "Tissue class changed (1 = changed)"}
 
 
 def test_builtin_colour_table_is_preferred_when_present():
@@ -216,7 +261,8 @@ def test_builtin_colour_table_is_preferred_when_present():
 def test_attributes_record_model_engine_and_parameters(run):
     sha = file_sha256(TINY_MODEL)
     for role, node in (("enhanced", run["outputs"].enhancedVolume), ("dig", run["outputs"].digVolume),
-                       ("nselfssim", run["outputs"].nselfssimVolume), ("metrics", run["outputs"].resultsTable)):
+                       ("nselfssim", run["outputs"].nselfssimVolume),
+                       ("tissuechange", run["outputs"].tissueChangeVolume), ("metrics", run["outputs"].resultsTable)):
         get = lambda key: node.GetAttribute("MVCTEnhance." + key)  # noqa: E731
         assert get("Role") == role
         assert get("ModelName") == "mvctenhance-tiny-test"
@@ -236,8 +282,14 @@ def test_attributes_record_model_engine_and_parameters(run):
 def test_results_table_holds_the_engines_summaries(run, reference):
     rows = MVCTEnhanceMRML.tableRows(run["outputs"].resultsTable)
     assert [r[:2] for r in rows] == [("NSelfSSIM", "MVCT (input)"), ("NSelfSSIM", "enhanced"),
-                                     ("NSelfSSIM", "planning CT"), ("DIG", "enhanced vs MVCT")]
+                                     ("NSelfSSIM", "planning CT"), ("DIG", "enhanced vs MVCT"),
+                                     ("Tissue change", "enhanced vs MVCT")]
     assert rows[3][6] == "HU^2/mm^2"
+    tissue = run["outputs"].report["metrics"]["tissue_change"]["output"]
+    assert rows[4][2] == pytest.approx(tissue["fraction"], rel=1e-12) and rows[4][5] == tissue["n_voxels"]
+    assert rows[4][6] == "fraction of body"
+    changed = _voxels(run["outputs"].tissueChangeVolume) == 1.0
+    assert int(changed.sum()) == tissue["n_voxels"]
     mvctSummaries = reference["assessment"].summaries
     planningSummary = reference["planning"].summaries["nselfssim"]["input"]
     for row, summary in zip(rows, (mvctSummaries["nselfssim"]["input"], mvctSummaries["nselfssim"]["output"],

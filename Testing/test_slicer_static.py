@@ -125,7 +125,7 @@ def test_every_slicer_parameter_name_in_the_ui_is_a_wrapper_parameter_with_a_mat
         assert cls in CONNECTORS[params[param]], f"{widgetName} ({cls}) cannot show a {params[param]} parameter"
     assert len({p for _, p in bound.values()}) == len(bound), "two widgets bound to one parameter"
     # Every user setting has a widget (outputs are set by the logic).
-    outputs = {"enhancedVolume", "digVolume", "nselfssimVolume", "resultsTable"}
+    outputs = {"enhancedVolume", "digVolume", "nselfssimVolume", "tissueChangeVolume", "resultsTable"}
     assert set(params) - outputs == {p for _, p in bound.values()}
 
 

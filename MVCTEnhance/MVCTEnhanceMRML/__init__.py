@@ -5,14 +5,16 @@ runs in batch mode without a main window and is tested with pytest on slicer-cor
 Functions follow Slicer's camelCase naming.
 """
 
-from .display import colorNodeForMap, setOverlayMap, setOverlayOpacity, setupComparisonViews
-from .logic import OVERLAY_CHOICES, EnhanceOutputs, enhanceVolumeNode
+from .display import (OUTSIDE_BODY_VALUE, colorLegendOf, colorNodeForMap, setOverlayMap, setOverlayOpacity,
+                      setupComparisonViews, showOverlay)
+from .logic import OVERLAY_CHOICES, EnhanceOutputs, JobResults, createOutputNodes, enhanceVolumeNode
 from .metricstable import tableRows
 from .nodes import (ATTRIBUTE_PREFIX, checkScalarVolumeNode, fillVolumeNode, geometryFromNode, nodeFingerprint,
                     volumeFromNode)
 
 __all__ = [
-    "ATTRIBUTE_PREFIX", "OVERLAY_CHOICES", "EnhanceOutputs", "checkScalarVolumeNode", "colorNodeForMap",
-    "enhanceVolumeNode", "fillVolumeNode", "geometryFromNode", "nodeFingerprint", "setOverlayMap",
-    "setOverlayOpacity", "setupComparisonViews", "tableRows", "volumeFromNode",
+    "ATTRIBUTE_PREFIX", "OUTSIDE_BODY_VALUE", "OVERLAY_CHOICES", "EnhanceOutputs", "JobResults",
+    "checkScalarVolumeNode", "colorLegendOf", "colorNodeForMap", "createOutputNodes", "enhanceVolumeNode",
+    "fillVolumeNode", "geometryFromNode", "nodeFingerprint", "setOverlayMap", "setOverlayOpacity",
+    "setupComparisonViews", "showOverlay", "tableRows", "volumeFromNode",
 ]

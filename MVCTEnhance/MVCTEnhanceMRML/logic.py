@@ -28,7 +28,10 @@ log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[float, str], None]  # (fraction 0..1, what is running)
 CancelFn = Callable[[], bool]
-OVERLAY_CHOICES = ("nselfssim", "dig", "none")
+OVERLAY_CHOICES = display.OVERLAY_CHOICES  # ("nselfssim", "dig", "tissuechange", "none")
+#: Map name -> node name suffix and EnhanceOutputs field.
+MAP_NODES = {"dig": ("DIG", "digVolume"), "nselfssim": ("NSelfSSIM", "nselfssimVolume"),
+             "tissuechange": ("tissue change", "tissueChangeVolume")}
 
 
 @dataclasses.dataclass
@@ -43,9 +46,53 @@ class EnhanceOutputs:
     parameters: dict[str, Any]
     seconds: float
     report: dict[str, Any]  # engine.job.Outcome.report(), with the nodes' names and IDs
+    tissueChangeVolume: Any | None = None
 
     def nodes(self) -> list[Any]:
-        return [n for n in (self.enhancedVolume, self.digVolume, self.nselfssimVolume, self.resultsTable) if n is not None]
+        return [n for n in (self.enhancedVolume, self.digVolume, self.nselfssimVolume, self.tissueChangeVolume,
+                            self.resultsTable) if n is not None]
+
+    def mapNode(self, which: str) -> Any | None:
+        """The node of map 'dig', 'nselfssim' or 'tissuechange' (None for 'none' or when not computed)."""
+        return getattr(self, MAP_NODES[which][1]) if which in MAP_NODES else None
+
+
+@dataclasses.dataclass
+class JobResults:
+    """What the output nodes are made from, whichever way the job ran: in this process (the engine's
+    ``Outcome``, :func:`resultsFromOutcome`) or in a background process (its output files and report,
+    ``runner.resultsFromFiles``). Both paths then make the nodes with :func:`createOutputNodes`."""
+
+    result: Any                       # the enhanced engine Volume
+    maps: dict[str, Any]              # "dig", "nselfssim", "tissuechange" -> engine Volume (empty: not assessed)
+    mask: Any                         # the body mask the maps were summarised in (None: not assessed)
+    metrics: dict[str, Any]           # engine.job.Outcome.metrics
+    details: dict[str, Any]           # {"mvct": summaries[, "planning_ct": summaries]} for the table's attribute
+    warnings: list[str]
+    model: dict[str, str]             # name, version, sha256, not_for_diagnosis
+    seconds: float
+    report: dict[str, Any]
+    parameters: dict[str, Any]
+
+
+def resultsFromOutcome(outcome: Any, report: dict[str, Any], parameters: dict[str, Any]) -> JobResults:
+    a = outcome.assessment
+    maps = {}
+    details: dict[str, Any] = {}
+    if a is not None:
+        maps = {"dig": a.dig, "nselfssim": a.nselfssim_output, "tissuechange": a.tissue_change}
+        maps = {k: v for k, v in maps.items() if v is not None}
+        details["mvct"] = a.summaries
+        if outcome.planning_assessment is not None:
+            details["planning_ct"] = outcome.planning_assessment.summaries
+    card = outcome.model.card
+    return JobResults(outcome.result, maps, a.mask if a is not None else None, outcome.metrics, details,
+                      list(outcome.warnings), modelInfo(card, outcome.model.sha256), outcome.enhanced.seconds,
+                      report, parameters)
+
+
+def modelInfo(card: Any, sha256: str) -> dict[str, str]:
+    return {"name": card.name, "version": card.version, "sha256": sha256, "not_for_diagnosis": card.not_for_diagnosis}
 
 
 STAGE_MESSAGES = {"enhance": "Enhancing slices", "metrics": "Computing DIG and NSelfSSIM",
@@ -134,8 +181,8 @@ def enhanceVolumeNode(scene: Any, inputNode: Any, modelPath: str | os.PathLike |
         "enhance": outcome.enhanced.parameters,
         "metrics": outcome.metrics.get("parameters"),
     }
-    outputs = _createNodes(scene, inputNode, planningNode, outcome, report, parameters, overlayMap, overlayOpacity,
-                           layoutHook)
+    outputs = createOutputNodes(scene, inputNode, planningNode, resultsFromOutcome(outcome, report, parameters),
+                                overlayMap, overlayOpacity, layoutHook)
     for w in outcome.warnings:
         log.warning(w)
     stages.done("Done")
@@ -159,37 +206,39 @@ def settingsFromParameters(settings: EnhanceSettings | None = None, *, device: s
     return dataclasses.replace(settings, **changes)
 
 
-def _createNodes(scene: Any, inputNode: Any, planningNode: Any, outcome: Any, report: dict[str, Any],
-                 parameters: dict[str, Any], overlayMap: str, overlayOpacity: float,
-                 layoutHook: Callable[[Any], None] | None) -> EnhanceOutputs:
+def createOutputNodes(scene: Any, inputNode: Any, planningNode: Any, results: JobResults, overlayMap: str = "nselfssim",
+                      overlayOpacity: float = 0.5, layoutHook: Callable[[Any], None] | None = None) -> EnhanceOutputs:
+    """The enhanced volume, the body-masked maps and the table from ``results``, then the views.
+
+    All or nothing: an error while making them removes every node this call added.
+    """
     before = _nodeIDs(scene)
-    assessment = outcome.assessment
     try:
         name = inputNode.GetName() or "MVCT"
-        enhanced = _newVolume(scene, f"{name} enhanced", inputNode, outcome.result)
+        enhanced = _newVolume(scene, f"{name} enhanced", inputNode, results.result)
         display.showEnhanced(scene, enhanced)
-        digNode = nssNode = table = None
-        if assessment is not None:
-            digNode = _newVolume(scene, f"{name} DIG", inputNode, assessment.dig)
-            display.showMap(scene, digNode, "dig", assessment.dig.array, assessment.mask)
-            nssNode = _newVolume(scene, f"{name} NSelfSSIM", inputNode, assessment.nselfssim_output)
-            display.showMap(scene, nssNode, "nselfssim", assessment.nselfssim_output.array, assessment.mask)
+        mapNodes: dict[str, Any] = {}
+        for which, volume in results.maps.items():
+            node = _newVolume(scene, f"{name} {MAP_NODES[which][0]}", inputNode, display.maskedMap(volume, results.mask))
+            node.SetAttribute(ATTRIBUTE_PREFIX + "Role", which)
+            node.SetAttribute(ATTRIBUTE_PREFIX + "EnhancedVolumeID", enhanced.GetID())
+            display.showMap(scene, node, which, volume.array, results.mask)
+            mapNodes[which] = node
+        table = None
+        if results.maps:
             table = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(f"{name} quality metrics"))
-            details = {"mvct": assessment.summaries}
-            if outcome.planning_assessment is not None:
-                details["planning_ct"] = outcome.planning_assessment.summaries
-            fillTableNode(table, summaryRows(outcome.metrics), details)
-        outputs = EnhanceOutputs(enhanced, digNode, nssNode, table, list(outcome.warnings), parameters,
-                                 outcome.enhanced.seconds, report)
-        roles = {"enhanced": enhanced, "dig": digNode, "nselfssim": nssNode, "metrics": table}
+            fillTableNode(table, summaryRows(results.metrics), results.details)
+        outputs = EnhanceOutputs(enhanced, mapNodes.get("dig"), mapNodes.get("nselfssim"), table,
+                                 list(results.warnings), results.parameters, results.seconds, results.report,
+                                 tissueChangeVolume=mapNodes.get("tissuechange"))
+        roles = {"enhanced": enhanced, **mapNodes, "metrics": table}
         for role, node in roles.items():
             if node is not None:
-                _annotate(node, role, inputNode, outcome.model, outcome.warnings, parameters)
-        enhanced.SetAttribute(ATTRIBUTE_PREFIX + "Report", json.dumps(report, default=json_default))
+                _annotate(node, role, inputNode, results.model, results.warnings, results.parameters)
+        enhanced.SetAttribute(ATTRIBUTE_PREFIX + "Report", json.dumps(results.report, default=json_default))
         _placeBesideInput(scene, inputNode, outputs.nodes())
-        overlay = {"nselfssim": nssNode, "dig": digNode}.get(overlayMap)
         reference = planningNode if planningNode is not None else inputNode
-        display.setupComparisonViews(scene, enhanced, overlay, reference, overlayOpacity, layoutHook)
+        display.setupComparisonViews(scene, enhanced, mapNodes.get(overlayMap), reference, overlayOpacity, layoutHook)
         return outputs
     except BaseException:
         _removeNewNodes(scene, before)
@@ -203,23 +252,23 @@ def _newVolume(scene: Any, name: str, inputNode: Any, volume: Any) -> Any:
     return node
 
 
-def _annotate(node: Any, role: str, inputNode: Any, loaded: Any, warnings: list[str], parameters: dict[str, Any]) -> None:
+def _annotate(node: Any, role: str, inputNode: Any, model: dict[str, str], warnings: list[str],
+              parameters: dict[str, Any]) -> None:
     from MVCTEnhanceLib.engine.version import __version__
 
-    card = loaded.card
     attributes = {
         "Role": role,
         "SourceVolumeID": inputNode.GetID(),
         "SourceVolumeName": inputNode.GetName(),
-        "ModelName": card.name,
-        "ModelVersion": card.version,
-        "ModelSHA256": loaded.sha256,
+        "ModelName": model["name"],
+        "ModelVersion": model["version"],
+        "ModelSHA256": model["sha256"],
         "EngineVersion": __version__,
         "Parameters": json.dumps(parameters, default=str),
         "Warnings": json.dumps(warnings),
     }
     if role == "enhanced":
-        attributes["NotForDiagnosis"] = card.not_for_diagnosis
+        attributes["NotForDiagnosis"] = model["not_for_diagnosis"]
     for key, value in attributes.items():
         node.SetAttribute(ATTRIBUTE_PREFIX + key, str(value))
 

@@ -12,6 +12,7 @@ from MVCTEnhanceLib.engine.files import json_default
 COLUMNS = (("Metric", "string"), ("Image", "string"), ("Mean", "double"), ("Median", "double"),
            ("P95", "double"), ("Voxels", "int"), ("Unit", "string"))
 DIG_UNIT = "HU^2/mm^2"
+TISSUE_CHANGE_UNIT = "fraction of body"
 
 
 def summaryRows(summaries: dict[str, Any]) -> list[tuple]:
@@ -25,6 +26,12 @@ def summaryRows(summaries: dict[str, Any]) -> list[tuple]:
     dig = summaries.get("dig", {})
     if "output" in dig:
         rows.append(_row("DIG", "enhanced vs MVCT", dig["output"], DIG_UNIT))
+    tissue = summaries.get("tissue_change", {}).get("output")
+    if tissue:
+        # Mean of the 0/1 map inside the body = the fraction of the body whose tissue class changed;
+        # Voxels = how many changed (their volume in cm^3 is in the table's summaries attribute).
+        rows.append(("Tissue change", "enhanced vs MVCT", float(tissue["fraction"]), float("nan"), float("nan"),
+                     int(tissue["n_voxels"]), TISSUE_CHANGE_UNIT))
     return rows
 
 
