@@ -223,6 +223,7 @@ class MVCTEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.ui.enhanceButton.connect("clicked(bool)", self.onEnhanceButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+        self.ui.restoreViewsButton.connect("clicked(bool)", self.onRestoreViewsButton)
         self.ui.cancelButton.enabled = False
         self.ui.progressBar.setValue(0)
         self.ui.warningsLabel.setVisible(False)
@@ -292,6 +293,11 @@ class MVCTEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # The last run's outputs (also after loading a saved scene): table and live overlay changes.
         self.ui.resultsTableView.setMRMLTableNode(p.resultsTable)
         self.logic.applyOverlay(p)
+        self.ui.restoreViewsButton.enabled = self.logic.hasRememberedViews()
+
+    def onRestoreViewsButton(self) -> None:
+        self.logic.restoreViews()
+        self.ui.restoreViewsButton.enabled = False
 
     @staticmethod
     def fitViews(enhancedVolume) -> None:
@@ -464,6 +470,19 @@ class MVCTEnhanceLogic(ScriptedLoadableModuleLogic):
             slicer.mrmlScene, inputVolume, modelPath, planningNode=planningVolume, overlayMap=overlayMap,
             overlayOpacity=overlayOpacity, progress=progress, shouldCancel=shouldCancel, layoutHook=layoutHook,
             **settings)
+
+    @staticmethod
+    def restoreViews() -> bool:
+        """Put back the layout and views as they were before the first Enhance changed them."""
+        from MVCTEnhanceMRML import views
+
+        return views.restoreViews(slicer.mrmlScene)
+
+    @staticmethod
+    def hasRememberedViews() -> bool:
+        from MVCTEnhanceMRML import views
+
+        return views.hasRememberedViews(slicer.mrmlScene)
 
     @staticmethod
     def applyOverlay(parameterNode: MVCTEnhanceParameterNode) -> None:

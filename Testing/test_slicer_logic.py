@@ -317,7 +317,8 @@ def test_views_side_by_side_linked_with_overlay(run):
     assert red.GetForegroundVolumeID() == out.nselfssimVolume.GetID()
     assert red.GetForegroundOpacity() == pytest.approx(0.4)
     assert yellow.GetBackgroundVolumeID() == run["planning"].GetID()
-    assert all(c.GetLinkedControl() for c in composites.values())
+    assert red.GetLinkedControl() and yellow.GetLinkedControl()
+    assert not composites["Green"].GetLinkedControl()  # the Green view is never changed
     sliceNodes = {scene.GetNthNodeByClass(i, "vtkMRMLSliceNode").GetLayoutName():
                   scene.GetNthNodeByClass(i, "vtkMRMLSliceNode") for i in range(3)}
     assert sliceNodes["Yellow"].GetOrientation() == "Axial"

@@ -153,3 +153,91 @@ def test_offscreen_rendering_matches_the_volume_where_the_view_is_aligned():
     assert ((grey == 0) | (abs(grey - 127) <= 1)).mean() > 0.97
     block = abs(grey - 127) <= 1
     assert 0.15 < block.mean() < 0.35  # 20 x 20 of the 50 x 40 mm field, fitted into the view
+
+
+# -- the user's layout ------------------------------------------------------------------------------
+
+def _userViews(scene, logics, volumes):
+    """A user's own arrangement before pressing Enhance: nothing like the module's comparison."""
+    scene.GetFirstNodeByClass("vtkMRMLLayoutNode").SetViewArrangement(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpView)
+    red, yellow, green = (logics[n] for n in ("Red", "Yellow", "Green"))
+    red.GetSliceNode().SetOrientation("Sagittal")
+    red.GetSliceNode().SetFieldOfView(123.0, 111.0, 1.0)
+    red.GetSliceNode().SetSliceOffset(7.5)
+    c = red.GetSliceCompositeNode()
+    c.SetBackgroundVolumeID(volumes[0].GetID())
+    c.SetForegroundVolumeID(volumes[1].GetID())
+    c.SetForegroundOpacity(0.3)
+    c.SetLinkedControl(False)
+    yellow.GetSliceNode().SetOrientation("Coronal")
+    yellow.GetSliceNode().SetSliceOffset(-4.0)
+    yellow.GetSliceCompositeNode().SetBackgroundVolumeID(volumes[1].GetID())
+    yellow.GetSliceCompositeNode().SetHotLinkedControl(True)
+    green.GetSliceNode().SetOrientation("Axial")  # not Green's default either
+    green.GetSliceNode().SetSliceOffset(3.0)
+    green.GetSliceCompositeNode().SetBackgroundVolumeID(volumes[0].GetID())
+    green.GetSliceCompositeNode().SetLinkedControl(True)  # the user links Green: it must not follow the module
+
+
+def _greenState(scene):
+    from MVCTEnhanceMRML import views
+
+    return views.viewState(scene, ("Green",))["views"]["Green"]
+
+
+def test_the_users_views_are_remembered_never_touch_green_and_come_back_exactly():
+    from MVCTEnhanceMRML import views
+
+    scene, logics = _sceneWithViews()
+    volume = Volume(phantom_array(SHAPE, seed=7), spacing=(0.9, 1.0, 3.0), direction=ROTATED_DIRECTION)
+    mvct = _addVolume(scene, "MVCT", volume)
+    planning = _addVolume(scene, "Planning CT", volume.with_array(phantom_array(SHAPE, seed=8)))
+    _userViews(scene, logics, (planning, mvct))
+    original, green = views.viewState(scene), _greenState(scene)
+    assert not views.hasRememberedViews(scene)
+
+    for _ in range(2):  # a second run must not remember the module's own arrangement as the user's
+        MVCTEnhanceMRML.enhanceVolumeNode(scene, mvct, str(TINY_MODEL), planningNode=planning, device="cpu",
+                                          batchSize=4, layoutHook=_fitHook(logics))
+        assert views.hasRememberedViews(scene)
+        changed = views.viewState(scene)
+        assert changed["layout"] == slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView
+        assert changed["views"]["Red"] != original["views"]["Red"]
+        assert changed["views"]["Yellow"]["background"] == planning.GetID()
+        assert changed["views"]["Red"]["linkedControl"] and changed["views"]["Yellow"]["linkedControl"]
+        assert _greenState(scene) == green  # never changed, though the user linked it
+    assert views.rememberedViews(scene) == json_round_trip(original)
+
+    assert views.restoreViews(scene)
+    restored = views.viewState(scene)
+    assert restored == original  # every remembered property: layout, orientation, matrices, volumes, links
+    assert logics["Red"].GetSliceNode().GetOrientation() == "Sagittal"
+    assert _greenState(scene) == green
+    assert not views.hasRememberedViews(scene) and not views.restoreViews(scene)  # nothing left to restore
+
+
+def test_restore_shows_nothing_for_a_volume_removed_since():
+    from MVCTEnhanceMRML import views
+
+    scene, logics = _sceneWithViews()
+    volume = Volume(phantom_array(SHAPE, seed=9), spacing=(0.9, 1.0, 3.0))
+    mvct = _addVolume(scene, "MVCT", volume)
+    other = _addVolume(scene, "other", volume)
+    logics["Red"].GetSliceCompositeNode().SetBackgroundVolumeID(other.GetID())
+    MVCTEnhanceMRML.enhanceVolumeNode(scene, mvct, str(TINY_MODEL), device="cpu", computeMetrics=False)
+    scene.RemoveNode(other)
+    assert views.restoreViews(scene)
+    assert logics["Red"].GetSliceCompositeNode().GetBackgroundVolumeID() is None
+
+
+def test_without_views_nothing_is_remembered():
+    from MVCTEnhanceMRML import views
+
+    scene = slicer.vtkMRMLScene()
+    assert not views.rememberViews(scene) and not views.restoreViews(scene) and not views.hasRememberedViews(scene)
+
+
+def json_round_trip(value):
+    import json
+
+    return json.loads(json.dumps(value))

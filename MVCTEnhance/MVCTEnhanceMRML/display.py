@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import slicer
 
+from . import views
 from .metricstable import DIG_UNIT
 
 #: Perceptually uniform maps (anchors: matplotlib's tables at 0, 0.1, ..., 1): viridis for NSelfSSIM
@@ -197,33 +198,27 @@ def colorLegendOf(node: Any) -> Any | None:
     return logic.GetColorLegendDisplayNode(node) if logic is not None and node is not None else None
 
 
-def _nodesByLayoutName(scene: Any, className: str) -> dict[str, Any]:
-    """The scene's nodes of ``className`` (slice or slice composite nodes) keyed by view name."""
-    nodes = {}
-    for i in range(scene.GetNumberOfNodesByClass(className)):
-        node = scene.GetNthNodeByClass(i, className)
-        nodes[node.GetLayoutName()] = node
-    return nodes
-
-
 def _compositeNodes(scene: Any) -> dict[str, Any]:
-    return _nodesByLayoutName(scene, "vtkMRMLSliceCompositeNode")
+    return views.compositeNodes(scene)
 
 
 def _sliceNodes(scene: Any) -> dict[str, Any]:
-    return _nodesByLayoutName(scene, "vtkMRMLSliceNode")
+    return views.sliceNodes(scene)
 
 
 def setupComparisonViews(scene: Any, enhancedNode: Any, overlayNode: Any | None, referenceNode: Any,
                          opacity: float, layoutHook: Callable[[Any], None] | None = None) -> bool:
-    """Side-by-side views: enhanced (+ map as foreground) on the left, reference on the right, linked.
+    """Side-by-side views: enhanced (+ map as foreground) on the left, reference on the right, the two
+    linked; the Green view is left as it is.
 
-    Returns False (and changes nothing) where the scene has no slice views, as in batch runs without
-    a main window. ``layoutHook(enhancedNode)`` runs last, for what needs the layout manager.
+    What is changed is remembered first (:func:`views.rememberViews`; :func:`views.restoreViews` puts
+    it back). Returns False (and changes nothing) where the scene has no slice views, as in batch runs
+    without a main window. ``layoutHook(enhancedNode)`` runs last, for what needs the layout manager.
     """
     composites = _compositeNodes(scene)
     if LEFT_VIEW not in composites or RIGHT_VIEW not in composites:
         return False
+    views.rememberViews(scene)
     layoutNode = scene.GetFirstNodeByClass("vtkMRMLLayoutNode")
     if layoutNode is not None:
         layoutNode.SetViewArrangement(slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView)
@@ -243,8 +238,8 @@ def setupComparisonViews(scene: Any, enhancedNode: Any, overlayNode: Any | None,
     for viewName in (LEFT_VIEW, RIGHT_VIEW):
         if viewName in sliceNodes:
             sliceNodes[viewName].SetOrientation("Axial")  # compare like with like
-    for composite in composites.values():
-        composite.SetLinkedControl(True)
+    for viewName in (LEFT_VIEW, RIGHT_VIEW):
+        composites[viewName].SetLinkedControl(True)
     if layoutHook is not None:
         layoutHook(enhancedNode)
     return True
