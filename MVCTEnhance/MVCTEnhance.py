@@ -47,7 +47,7 @@ def _ensureImportPaths() -> None:
 
 _ensureImportPaths()
 
-from MVCTEnhanceLib.engine.settings import DEVICE_CHOICES, EnhanceSettings  # noqa: E402  (pure Python)
+from MVCTEnhanceLib.engine.settings import EnhanceSettings  # noqa: E402  (pure Python)
 from MVCTEnhanceMRML.display import OVERLAY_CHOICES  # noqa: E402  (MRML and numpy only)
 
 _DEFAULTS = EnhanceSettings()  # the engine's defaults, shown as the parameter node's
@@ -169,7 +169,8 @@ class MVCTEnhanceParameterNode:
     """Everything the Enhance button uses; saved with the scene.
 
     inputVolume - the MVCT (HU). planningVolume - optional planning kV CT shown beside the result.
-    modelPath - model file (.pt, TorchScript with its model card). device - auto/cpu/cuda/mps.
+    modelPath - model file (.pt, TorchScript with its model card). device - auto, cpu, cuda, cuda:N or mps
+    (the widget offers only those this computer has: it is bound in code, not through the .ui).
     batchSize - slices per batch (0: auto, 8 on CUDA, 2 on CPU). computeMetrics - DIG and NSelfSSIM maps and summaries.
     noiseSD, nselfssimWindowLow/High - NSelfSSIM settings (HU). overlayMap, overlayOpacity - which map
     is shown over the enhanced volume, and how opaque. enhancedVolume, digVolume, nselfssimVolume,
@@ -179,7 +180,7 @@ class MVCTEnhanceParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
     planningVolume: vtkMRMLScalarVolumeNode
     modelPath: Path
-    device: Annotated[str, Choice(list(DEVICE_CHOICES))] = _DEFAULTS.device
+    device: str = _DEFAULTS.device
     batchSize: Annotated[int, WithinRange(0, 256)] = 0  # 0: the engine's choice for the device
     computeMetrics: bool = _DEFAULTS.assess
     noiseSD: Annotated[float, WithinRange(1.0, 200.0)] = _DEFAULTS.metrics.noise_sd
@@ -208,6 +209,7 @@ class MVCTEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._running = False
         self._cancelRequested = False
+        self._deviceValues: list[str] = []
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -224,6 +226,7 @@ class MVCTEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.enhanceButton.connect("clicked(bool)", self.onEnhanceButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.ui.restoreViewsButton.connect("clicked(bool)", self.onRestoreViewsButton)
+        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
         self.ui.cancelButton.enabled = False
         self.ui.progressBar.setValue(0)
         self.ui.warningsLabel.setVisible(False)
@@ -294,6 +297,26 @@ class MVCTEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.resultsTableView.setMRMLTableNode(p.resultsTable)
         self.logic.applyOverlay(p)
         self.ui.restoreViewsButton.enabled = self.logic.hasRememberedViews()
+        self._showDevices(p.device)
+
+    def _showDevices(self, current: str) -> None:
+        """The device box lists only this computer's devices (auto with what it resolves to)."""
+        from MVCTEnhanceMRML.devices import deviceChoices
+
+        choices = deviceChoices(current)
+        combo = self.ui.deviceComboBox
+        wasBlocked = combo.blockSignals(True)
+        if [value for value, _ in choices] != self._deviceValues:
+            combo.clear()
+            for _value, label in choices:
+                combo.addItem(label)
+            self._deviceValues = [value for value, _ in choices]
+        combo.currentIndex = self._deviceValues.index(current) if current in self._deviceValues else 0
+        combo.blockSignals(wasBlocked)
+
+    def onDeviceChanged(self, index: int) -> None:
+        if self._parameterNode and 0 <= index < len(self._deviceValues):
+            self._parameterNode.device = self._deviceValues[index]
 
     def onRestoreViewsButton(self) -> None:
         self.logic.restoreViews()

@@ -55,6 +55,10 @@ SLICER_OPTIONS = {
 }
 
 
+#: Parameters bound to their widget by the widget's code, not by the SlicerParameterName property.
+CODE_BOUND = {"device": "deviceComboBox"}
+
+
 def _moduleTree() -> ast.Module:
     return ast.parse(MODULE_FILE.read_text(), filename=str(MODULE_FILE))
 
@@ -124,9 +128,15 @@ def test_every_slicer_parameter_name_in_the_ui_is_a_wrapper_parameter_with_a_mat
         assert param in params, f"{widgetName} is bound to '{param}', which the parameter node does not have"
         assert cls in CONNECTORS[params[param]], f"{widgetName} ({cls}) cannot show a {params[param]} parameter"
     assert len({p for _, p in bound.values()}) == len(bound), "two widgets bound to one parameter"
-    # Every user setting has a widget (outputs are set by the logic).
+    # Every user setting has a widget (outputs are set by the logic; the device box is bound in code,
+    # because it lists only this computer's devices).
     outputs = {"enhancedVolume", "digVolume", "nselfssimVolume", "tissueChangeVolume", "resultsTable"}
-    assert set(params) - outputs == {p for _, p in bound.values()}
+    assert set(params) - outputs - set(CODE_BOUND) == {p for _, p in bound.values()}
+    text = MODULE_FILE.read_text()
+    for param, widget in CODE_BOUND.items():
+        assert param not in {p for _, p in bound.values()}, f"{param} is bound twice"
+        assert f"self.ui.{widget}" in text and f"self._parameterNode.{param} = " in text, param
+        assert f'name="{widget}"' in UI_FILE.read_text()
 
 
 def test_sliders_of_floats_are_bounded():
