@@ -6,7 +6,6 @@ that touches MRML is in MVCTEnhanceMRML (no Qt, tested on slicer-core). This fil
 dependency installation and the self-test. torch is imported only when the user presses Enhance.
 """
 
-import functools
 import hashlib
 import logging
 import sys
@@ -15,6 +14,7 @@ import urllib.request
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
+import qt
 import vtk
 
 import slicer
@@ -52,7 +52,6 @@ from MVCTEnhanceMRML.display import OVERLAY_CHOICES  # noqa: E402  (MRML and num
 
 _DEFAULTS = EnhanceSettings()  # the engine's defaults, shown as the parameter node's
 
-DEFAULT_MODEL_FILE = "mvctenhance-default.pt"
 TINY_MODEL_FILE = "mvctenhance-tiny-test.pt"
 
 #: Bundled sample data (a synthetic MVCT and its planning CT). The checksums are checked by the
@@ -73,14 +72,6 @@ def resourceFile(relative: str) -> Optional[Path]:
         if candidate.exists():
             return candidate
     return None
-
-
-@functools.lru_cache(maxsize=16)
-def _readCard(path: str, mtimeNs: int, size: int):
-    """The model card of ``path``; the cache key includes the file's time and size, so an edit re-reads."""
-    from MVCTEnhanceLib.engine.modelfile import read_card
-
-    return read_card(path)
 
 
 #
@@ -210,6 +201,7 @@ class MVCTEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._running = False
         self._cancelRequested = False
         self._deviceValues: list[str] = []
+        self._modelPaths: list[str] = []
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -227,6 +219,8 @@ class MVCTEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.ui.restoreViewsButton.connect("clicked(bool)", self.onRestoreViewsButton)
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChosen)
+        self.ui.importModelButton.connect("clicked(bool)", self.onImportModelButton)
         self.ui.cancelButton.enabled = False
         self.ui.progressBar.setValue(0)
         self.ui.warningsLabel.setVisible(False)
@@ -298,6 +292,35 @@ class MVCTEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic.applyOverlay(p)
         self.ui.restoreViewsButton.enabled = self.logic.hasRememberedViews()
         self._showDevices(p.device)
+        self._showModels(p.modelPath)
+
+    def _showModels(self, current: Any) -> None:
+        """The model box: the library's models; a file outside it appears as 'other file'."""
+        entries = [(str(m.path), m.label) for m in self.logic.models.models()]
+        current = str(current) if self.logic.isUsableModelPath(current) else ""
+        if current and current not in [path for path, _ in entries]:
+            entries.append((current, _("other file: {name} (unverified)").format(name=Path(current).name)))
+        combo = self.ui.modelComboBox
+        wasBlocked = combo.blockSignals(True)
+        if [path for path, _ in entries] != self._modelPaths:
+            combo.clear()
+            for _path, label in entries:
+                combo.addItem(label)
+            self._modelPaths = [path for path, _ in entries]
+        combo.currentIndex = self._modelPaths.index(current) if current in self._modelPaths else -1
+        combo.blockSignals(wasBlocked)
+
+    def onModelChosen(self, index: int) -> None:
+        if self._parameterNode and 0 <= index < len(self._modelPaths):
+            self._parameterNode.modelPath = Path(self._modelPaths[index])
+
+    def onImportModelButton(self) -> None:
+        path = qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), _("Import a model"), "",
+                                              _("MVCT Enhance model (*.pt)"))
+        if not path:
+            return
+        with slicer.util.tryWithErrorDisplay(_("The model could not be imported."), waitCursor=True):
+            self._parameterNode.modelPath = self.logic.importModel(path)
 
     def _showDevices(self, current: str) -> None:
         """The device box lists only this computer's devices (auto with what it resolves to)."""
@@ -415,35 +438,30 @@ class MVCTEnhanceLogic(ScriptedLoadableModuleLogic):
 
     # -- models ------------------------------------------------------------------------------------
 
-    @staticmethod
-    def defaultModelPath() -> Optional[Path]:
+    @property
+    def models(self):
+        """The shipped models (Resources/models) and the user's (beside Slicer's settings), checked by sha256."""
+        from MVCTEnhanceMRML.models import ModelLibrary, userModelsFolder
+
+        shipped = resourceFile("models/models.json")
+        return ModelLibrary(shipped.parent if shipped else None, userModelsFolder(slicer.app.slicerUserSettingsFilePath))
+
+    def defaultModelPath(self) -> Optional[Path]:
         """The shipped trained model, else the tiny untrained test model (flagged in the GUI)."""
-        return resourceFile(f"models/{DEFAULT_MODEL_FILE}") or resourceFile(f"models/{TINY_MODEL_FILE}")
+        entry = self.models.defaultModel()
+        return entry.path if entry is not None else None
 
     @staticmethod
     def isUsableModelPath(path: Any) -> bool:
         return path is not None and str(path) not in ("", ".") and Path(path).is_file()
 
-    @staticmethod
-    def describeModel(path: Any) -> tuple[str, str]:
-        """(one-line description, warning or '') from the model card, without loading torch; the card
-        is read once per file version (the widget asks on every parameter change)."""
-        if path is None or str(path) in ("", "."):
-            return _("No model selected."), ""
-        from MVCTEnhanceLib.engine.errors import MVCTEnhanceError
+    def describeModel(self, path: Any) -> tuple[str, str]:
+        """(description with the training data, warning or '') from the model card, read once per file."""
+        return self.models.describe(path)
 
-        try:
-            stat = Path(path).stat()
-            card = _readCard(str(path), stat.st_mtime_ns, stat.st_size)
-        except (OSError, MVCTEnhanceError) as exc:
-            return "", str(exc)
-        info = f"{card.name} {card.version} — {card.pixel_spacing_mm[0]:g} x {card.pixel_spacing_mm[1]:g} mm, " \
-               f"HU window {card.hu_window[0]:g}..{card.hu_window[1]:g}"
-        warning = ""
-        if card.is_test_model():
-            warning = _("This is the tiny UNTRAINED test model: its output is not a kV-like image. "
-                        "Use it only to check the installation.")
-        return info, warning
+    def importModel(self, path: Any) -> Path:
+        """Validate a model file and copy it into the user's models folder; returns the imported copy."""
+        return self.models.importModel(path).path
 
     # -- dependencies ------------------------------------------------------------------------------
 
@@ -492,7 +510,7 @@ class MVCTEnhanceLogic(ScriptedLoadableModuleLogic):
         return MVCTEnhanceMRML.enhanceVolumeNode(
             slicer.mrmlScene, inputVolume, modelPath, planningNode=planningVolume, overlayMap=overlayMap,
             overlayOpacity=overlayOpacity, progress=progress, shouldCancel=shouldCancel, layoutHook=layoutHook,
-            **settings)
+            models=self.models, **settings)
 
     @staticmethod
     def restoreViews() -> bool:

@@ -22,6 +22,7 @@ from MVCTEnhanceLib.engine.job import EnhanceSettings
 
 from . import display
 from .metricstable import fillTableNode, summaryRows
+from .models import checkSHA256, unverifiedWarning
 from .nodes import ATTRIBUTE_PREFIX, checkScalarVolumeNode, fillVolumeNode, nodeDescription, volumeFromNode
 
 log = logging.getLogger(__name__)
@@ -126,14 +127,17 @@ def enhanceVolumeNode(scene: Any, inputNode: Any, modelPath: str | os.PathLike |
                       planningNode: Any = None, settings: EnhanceSettings | None = None,
                       overlayMap: str = "nselfssim", overlayOpacity: float = 0.5,
                       progress: ProgressFn | None = None, shouldCancel: CancelFn | None = None,
-                      layoutHook: Callable[[Any], None] | None = None, **settingsOverrides: Any) -> EnhanceOutputs:
+                      layoutHook: Callable[[Any], None] | None = None, models: Any = None,
+                      **settingsOverrides: Any) -> EnhanceOutputs:
     """Convert ``inputNode`` (MVCT, HU) with ``engine.job.run_enhance`` and add the enhanced volume,
     quality maps and results table.
 
     ``modelPath`` is a model file (or an already loaded ``LoadedModel``). ``settings`` are the job's
     (:class:`EnhanceSettings`); the module's parameter names are accepted as overrides
     (``device``, ``batchSize``, ``precision``, ``computeMetrics``, ``noiseSD``, ``nselfssimWindow``,
-    ``seed``). Raises :class:`MVCTEnhanceLib.engine.errors.MVCTEnhanceError` subclasses for anything
+    ``seed``). With ``models`` (a :class:`models.ModelLibrary`) the model file's sha256 must be the one
+    its list records (ModelError otherwise), and a file outside the lists runs with a warning that it
+    is unverified. Raises :class:`MVCTEnhanceLib.engine.errors.MVCTEnhanceError` subclasses for anything
     the user can fix; :class:`EnhanceCancelled` when ``shouldCancel()`` returned True. Either way
     no node is left behind.
     """
@@ -159,13 +163,17 @@ def enhanceVolumeNode(scene: Any, inputNode: Any, modelPath: str | os.PathLike |
     else:
         if modelPath is None or not str(modelPath).strip() or str(modelPath).strip() == ".":
             raise ModelError("no model file selected: choose a model file (.pt)")
+        expected = models.expectedSHA256(modelPath) if models is not None else None
         loaded = load_model(modelPath)
+        checkSHA256(modelPath, loaded.sha256, expected)
 
     mvct = volumeFromNode(inputNode, "input MVCT")
     planning = volumeFromNode(planningNode, "planning CT") if planningNode is not None else None
     stages = _Stages(progress, [s for s in STAGE_WEIGHTS
                                 if s == "enhance" or (settings.assess and (s == "metrics" or planning is not None))])
     outcome = run_enhance(mvct, loaded, planning, settings, stages, shouldCancel)
+    if models is not None and models.expectedSHA256(loaded.path) is None:
+        outcome.warnings.append(unverifiedWarning(loaded.path))
     if shouldCancel is not None and shouldCancel():
         raise EnhanceCancelled("cancelled before the results were added to the scene; nothing was created")
 
