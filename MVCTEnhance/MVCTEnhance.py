@@ -199,8 +199,10 @@ class MVCTEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._running = False
-        self._cancelRequested = False
         self._deviceValues: list[str] = []
+        self._job = None  # the running background job (MVCTEnhanceMRML.background.BackgroundJob)
+        self._timer = qt.QTimer()
+        self._timer.setInterval(150)
         self._modelPaths: list[str] = []
 
     def setup(self) -> None:
@@ -215,6 +217,7 @@ class MVCTEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
+        self._timer.connect("timeout()", self._onTimer)
         self.ui.enhanceButton.connect("clicked(bool)", self.onEnhanceButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.ui.restoreViewsButton.connect("clicked(bool)", self.onRestoreViewsButton)
@@ -228,6 +231,10 @@ class MVCTEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
+        self._timer.stop()
+        if self._job is not None:  # Slicer closes: stop the conversion process too
+            self._job.cancel()
+            self._job = None
         self.removeObservers()
 
     def enter(self) -> None:
@@ -240,6 +247,8 @@ class MVCTEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
 
     def onSceneStartClose(self, caller, event) -> None:
+        if self._job is not None:
+            self.onCancelButton()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -366,20 +375,19 @@ class MVCTEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._onParameterNodeModified()
 
     def onCancelButton(self) -> None:
-        self._cancelRequested = True
-        self.ui.statusLabel.text = _("Cancelling after the current batch...")
-
-    def _onProgress(self, fraction: float, message: str) -> None:
-        self.ui.progressBar.setValue(int(round(100.0 * fraction)))
-        self.ui.statusLabel.text = message
-        slicer.app.processEvents()  # keeps the GUI alive and lets the Cancel button be pressed
+        """Stops the conversion process at once; nothing is added to the scene."""
+        self._timer.stop()
+        if self._job is not None:
+            self._job.cancel()
+            self._job = None
+        self.ui.progressBar.setValue(0)
+        self.ui.statusLabel.text = _("Cancelled: nothing was added to the scene.")
+        self._setRunning(False)
 
     def onEnhanceButton(self) -> None:
-        from MVCTEnhanceLib.engine.errors import EnhanceCancelled, MVCTEnhanceError
+        from MVCTEnhanceLib.engine.errors import MVCTEnhanceError
         from MVCTEnhanceMRML.dependencies import DependencyError
 
-        p = self._parameterNode
-        self._cancelRequested = False
         self.ui.warningsLabel.setVisible(False)
         self.ui.progressBar.setValue(0)
         self._setRunning(True)
@@ -388,15 +396,31 @@ class MVCTEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.app.processEvents()
             self.logic.ensureDependencies(confirm=lambda message: slicer.util.confirmOkCancelDisplay(
                 message, windowTitle=_("MVCT Enhance")))
-            outputs = self.logic.process(p, progress=self._onProgress, shouldCancel=lambda: self._cancelRequested,
-                                         layoutHook=self.fitViews)
-        except EnhanceCancelled:
-            self.ui.statusLabel.text = _("Cancelled: nothing was added to the scene.")
-            self.ui.progressBar.setValue(0)
-            return
+            self._job = self.logic.startInBackground(self._parameterNode)
         except (MVCTEnhanceError, DependencyError) as exc:
+            self._setRunning(False)
             self.ui.statusLabel.text = _("Failed: nothing was added to the scene.")
             slicer.util.errorDisplay(str(exc), windowTitle=_("MVCT Enhance"))
+            return
+        self._timer.start()  # the conversion runs in its own process; the GUI polls it
+
+    def _onTimer(self) -> None:
+        from MVCTEnhanceLib.engine.errors import MVCTEnhanceError
+
+        fraction, message, lines = self._job.poll()
+        self.ui.progressBar.setValue(int(round(100.0 * fraction)))
+        self.ui.statusLabel.text = message
+        for line in lines:
+            logging.info("MVCT Enhance: %s", line)
+        if self._job.state == "running":
+            return
+        self._timer.stop()
+        job, self._job = self._job, None
+        try:
+            outputs = self.logic.finishInBackground(self._parameterNode, job, layoutHook=self.fitViews)
+        except MVCTEnhanceError as exc:
+            self.ui.statusLabel.text = _("Failed: nothing was added to the scene.")
+            slicer.util.errorDisplay(str(exc), windowTitle=_("MVCT Enhance"), detailedText="\n".join(job.runner.log))
             return
         except Exception as exc:  # a bug: show it with its traceback so it can be reported
             import traceback
@@ -477,22 +501,48 @@ class MVCTEnhanceLogic(ScriptedLoadableModuleLogic):
 
     # -- running -----------------------------------------------------------------------------------
 
+    @staticmethod
+    def _settingsOf(p: MVCTEnhanceParameterNode) -> dict[str, Any]:
+        return dict(device=p.device, batchSize=p.batchSize, computeMetrics=p.computeMetrics, noiseSD=p.noiseSD,
+                    nselfssimWindow=(p.nselfssimWindowLow, p.nselfssimWindowHigh), overlayMap=p.overlayMap,
+                    overlayOpacity=p.overlayOpacity)
+
     def process(self, parameterNode: MVCTEnhanceParameterNode, progress: Optional[Callable[[float, str], None]] = None,
                 shouldCancel: Optional[Callable[[], bool]] = None,
                 layoutHook: Optional[Callable[[Any], None]] = None):
-        """Run with the parameter node's settings; store the outputs in it. Returns EnhanceOutputs."""
+        """Run in this process with the parameter node's settings; store the outputs in it. Returns EnhanceOutputs."""
         p = parameterNode
-        outputs = self.run(p.inputVolume, planningVolume=p.planningVolume, modelPath=p.modelPath, device=p.device,
-                           batchSize=p.batchSize, computeMetrics=p.computeMetrics, noiseSD=p.noiseSD,
-                           nselfssimWindow=(p.nselfssimWindowLow, p.nselfssimWindowHigh), overlayMap=p.overlayMap,
-                           overlayOpacity=p.overlayOpacity, progress=progress, shouldCancel=shouldCancel,
-                           layoutHook=layoutHook)
+        outputs = self.run(p.inputVolume, planningVolume=p.planningVolume, modelPath=p.modelPath, progress=progress,
+                           shouldCancel=shouldCancel, layoutHook=layoutHook, **self._settingsOf(p))
+        self._storeOutputs(p, outputs)
+        return outputs
+
+    def startInBackground(self, parameterNode: MVCTEnhanceParameterNode):
+        """Start the parameter node's job in a PythonSlicer process (the batch script); returns the job to
+        poll (MVCTEnhanceMRML.background.BackgroundJob). Inputs and the model are checked first."""
+        from MVCTEnhanceMRML import background, runner
+
+        p = parameterNode
+        modelPath = p.modelPath if self.isUsableModelPath(p.modelPath) else self.defaultModelPath()
+        process = runner.BackgroundEnhance(runner.pythonSlicerExecutable(Path(slicer.app.slicerHome) / "bin"),
+                                           MODULE_DIR / "Scripts" / "mvct_enhance_batch.py", slicer.app.temporaryPath)
+        return background.startEnhanceInBackground(slicer.mrmlScene, p.inputVolume, modelPath, process,
+                                                   planningNode=p.planningVolume, models=self.models,
+                                                   **self._settingsOf(p))
+
+    def finishInBackground(self, parameterNode: MVCTEnhanceParameterNode, job, layoutHook=None):
+        """Make the nodes of a finished background job and store them in the parameter node."""
+        outputs = job.finish(layoutHook)
+        self._storeOutputs(parameterNode, outputs)
+        return outputs
+
+    @staticmethod
+    def _storeOutputs(p: MVCTEnhanceParameterNode, outputs) -> None:
         p.enhancedVolume = outputs.enhancedVolume
         p.digVolume = outputs.digVolume
         p.nselfssimVolume = outputs.nselfssimVolume
         p.tissueChangeVolume = outputs.tissueChangeVolume
         p.resultsTable = outputs.resultsTable
-        return outputs
 
     def run(self, inputVolume, planningVolume=None, modelPath=None, overlayMap: str = "nselfssim",
             overlayOpacity: float = 0.5, progress=None, shouldCancel=None, layoutHook=None, **settings):

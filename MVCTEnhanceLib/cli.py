@@ -46,6 +46,24 @@ class _StageBars:
             bar.close()
 
 
+class _JsonProgress:
+    """Machine-readable progress: one JSON object per line on stderr (flushed at once)."""
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        import json
+
+        print(json.dumps({"event": "progress", "stage": stage, "done": int(done), "total": int(total)}),
+              file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        pass
+
+
+class _NoProgress(_JsonProgress):
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        pass
+
+
 def _window(text: str) -> tuple[float, float]:
     try:
         lo, hi = (float(v) for v in text.split(","))
@@ -96,6 +114,8 @@ def _settings(args: argparse.Namespace) -> Any:
     extra = {}
     if hasattr(args, "batch_size"):
         extra = dict(batch_size=args.batch_size, precision=args.precision, resample=not args.no_resample)
+    if getattr(args, "no_metrics", False):
+        extra["assess"] = False
     return EnhanceSettings(device=args.device, metrics=metrics, **extra)
 
 
@@ -115,6 +135,8 @@ def _add_enhance(sub: Any) -> None:
     p.add_argument("--model", help="model file (default: the shipped default model)")
     p.add_argument("--dig", help="write the DIG map (HU^2/mm^2) here")
     p.add_argument("--nselfssim", help="write the NSelfSSIM map of the enhanced volume here")
+    p.add_argument("--tissue-change", help="write the tissue-change map (1 where the conversion changed the tissue "
+                                           "class) here")
     p.add_argument("--report", help="write a JSON report (model card, sha256, timings, metric summaries) here")
     p.add_argument("--montage", help="write a PNG montage (MVCT | enhanced | planning CT | DIG | NSelfSSIM) here")
     p.add_argument("--planning-ct", help="planning CT of the same patient: its NSelfSSIM is reported as the "
@@ -130,6 +152,11 @@ def _add_enhance(sub: Any) -> None:
                    help="voxel type of the enhanced volume (int16: rounded, clipped)")
     p.add_argument("--series-uid", help="DICOM series to read when the input folder holds several")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--no-metrics", action="store_true",
+                   help="convert only: no quality maps and no metric summaries in the report")
+    p.add_argument("--progress", choices=("bar", "json", "none"), default="bar",
+                   help="progress on stderr: bars (default), json (one JSON object per line, for programs such "
+                        "as the Slicer module: {\"event\": \"progress\", \"stage\", \"done\", \"total\"}), or none")
     _add_metric_options(p)
     p.set_defaults(func=_cmd_enhance)
 
@@ -140,8 +167,12 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
     if (args.input is None) == (args.input_option is None):
         raise MVCTEnhanceError("give the input once: as INPUT or as --input INPUT")
     args.input = args.input or args.input_option
-    outputs = {"output": args.output, "dig": args.dig, "nselfssim": args.nselfssim, "report": args.report,
-               "montage": args.montage}
+    outputs = {"output": args.output, "dig": args.dig, "nselfssim": args.nselfssim,
+               "tissue_change": args.tissue_change, "report": args.report, "montage": args.montage}
+    maps = ("dig", "nselfssim", "tissue_change", "montage")
+    if args.no_metrics and any(outputs[k] for k in maps):
+        raise MVCTEnhanceError("--no-metrics computes no map: leave out --dig, --nselfssim, --tissue-change and "
+                               "--montage")
     if args.output_dir:
         from pathlib import Path
 
@@ -151,12 +182,13 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
         if not Path(args.output_dir).is_dir():
             raise MVCTEnhanceError(f"output folder '{args.output_dir}' does not exist")
         defaults = output_paths_for_dir(args.input, args.output_dir)
-        outputs = {k: v or defaults[k] for k, v in outputs.items()}
-    bars = _StageBars()
+        outputs = {k: v or (None if args.no_metrics and k in maps else defaults.get(k)) for k, v in outputs.items()}
+    bars = {"bar": _StageBars, "json": _JsonProgress, "none": _NoProgress}[args.progress]()
     try:
         report = enhance_file(args.input, outputs["output"], model=args.model, dig=outputs["dig"],
                               nselfssim=outputs["nselfssim"], report=outputs["report"], montage=outputs["montage"],
-                              planning_ct=args.planning_ct, settings=_settings(args), output_type=args.output_type,
+                              planning_ct=args.planning_ct, tissue_change=outputs["tissue_change"],
+                              settings=_settings(args), output_type=args.output_type,
                               overwrite=args.overwrite, series_uid=args.series_uid, progress=bars)
     finally:
         bars.close()

@@ -40,7 +40,7 @@ def output_paths_for_dir(input_path: str | os.PathLike, output_dir: str | os.Pat
 
 #: File names suggested when an output path is a folder.
 _EXAMPLE_NAMES = {"output": "enhanced.nrrd", "dig": "dig.nrrd", "nselfssim": "nselfssim.nrrd",
-                  "report": "report.json", "montage": "montage.png"}
+                  "tissue_change": "tissue_change.nrrd", "report": "report.json", "montage": "montage.png"}
 
 
 def _check_outputs(outputs: dict[str, str | os.PathLike | None], overwrite: bool, inputs: list[str],
@@ -75,11 +75,12 @@ def enhance_file(input_path: str | os.PathLike, output: str | os.PathLike | None
                  model: str | os.PathLike | None = None, dig: str | os.PathLike | None = None,
                  nselfssim: str | os.PathLike | None = None, report: str | os.PathLike | None = None,
                  montage: str | os.PathLike | None = None, planning_ct: str | os.PathLike | None = None,
+                 tissue_change: str | os.PathLike | None = None,
                  settings: EnhanceSettings | None = None, output_type: str = "float32", overwrite: bool = False,
                  series_uid: str | None = None, progress: ProgressFn | None = None,
                  should_cancel: Callable[[], bool] | None = None) -> dict[str, Any]:
-    """Convert one MVCT file with :func:`engine.job.run_enhance`; optionally write the DIG and
-    NSelfSSIM maps, a JSON report and a PNG montage (MVCT | enhanced | planning CT | maps).
+    """Convert one MVCT file with :func:`engine.job.run_enhance`; optionally write the DIG, NSelfSSIM
+    and tissue-change maps, a JSON report and a PNG montage (MVCT | enhanced | planning CT | maps).
 
     Returns the report dictionary (also written to ``report`` when given).
     """
@@ -90,11 +91,12 @@ def enhance_file(input_path: str | os.PathLike, output: str | os.PathLike | None
     if output_type not in ("float32", "int16"):
         raise OutputError(f"output type '{output_type}' is not supported; use float32 or int16")
     with OutputSet(overwrite) as outputs:
-        paths = _check_outputs({"output": output, "dig": dig, "nselfssim": nselfssim, "report": report,
-                                "montage": montage}, overwrite, inputs, outputs, " or use --output-dir")
+        paths = _check_outputs({"output": output, "dig": dig, "nselfssim": nselfssim, "tissue_change": tissue_change,
+                                "report": report, "montage": montage}, overwrite, inputs, outputs,
+                               " or use --output-dir")
         model_path = Path(model) if model else default_model_path()
         settings = settings or EnhanceSettings()
-        if not (dig or nselfssim or report or montage):
+        if not (dig or nselfssim or tissue_change or report or montage):
             settings = dataclasses.replace(settings, assess=False)
 
         volume = read_volume(input_path, series_uid=series_uid)
@@ -110,6 +112,8 @@ def enhance_file(input_path: str | os.PathLike, output: str | os.PathLike | None
             write_volume(assessment.dig, outputs.stage(paths["dig"]))
         if assessment is not None and "nselfssim" in paths:
             write_volume(assessment.nselfssim_output, outputs.stage(paths["nselfssim"]))
+        if assessment is not None and "tissue_change" in paths:
+            write_volume(assessment.tissue_change, outputs.stage(paths["tissue_change"]))
         if assessment is not None and "montage" in paths:
             montage_png(outputs.stage(paths["montage"]), volume, outcome.result, planning, assessment.dig,
                         assessment.nselfssim_output,

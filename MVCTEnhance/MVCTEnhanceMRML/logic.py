@@ -144,20 +144,8 @@ def enhanceVolumeNode(scene: Any, inputNode: Any, modelPath: str | os.PathLike |
     from MVCTEnhanceLib.engine.job import run_enhance
     from MVCTEnhanceLib.engine.modelfile import LoadedModel, load_model
 
-    if scene is None:
-        raise InputError("no MRML scene given")
     settings = settingsFromParameters(settings, **settingsOverrides)
-    overlayMap = (overlayMap or "none").lower()
-    if overlayMap not in OVERLAY_CHOICES:
-        raise InputError(f"overlay map '{overlayMap}' is not one of {', '.join(OVERLAY_CHOICES)}")
-    if overlayMap != "none" and not settings.assess:
-        overlayMap = "none"
-    checkScalarVolumeNode(inputNode, "input MVCT")
-    if planningNode is not None:
-        checkScalarVolumeNode(planningNode, "planning CT")
-        if planningNode is inputNode:
-            raise InputError("the planning CT and the input MVCT are the same node: select the planning kV CT, "
-                             "or no planning CT")
+    overlayMap = checkJobInputs(scene, inputNode, planningNode, overlayMap, settings)
     if isinstance(modelPath, LoadedModel):
         loaded = modelPath
     else:
@@ -177,24 +165,53 @@ def enhanceVolumeNode(scene: Any, inputNode: Any, modelPath: str | os.PathLike |
     if shouldCancel is not None and shouldCancel():
         raise EnhanceCancelled("cancelled before the results were added to the scene; nothing was created")
 
-    report = outcome.report()
-    report["input"] = {"node": inputNode.GetName(), "id": inputNode.GetID(), **report["input"]}
-    if planningNode is not None:
-        report["planning_ct"] = {"node": planningNode.GetName(), "id": planningNode.GetID(), **report["planning_ct"]}
-    parameters = {
-        "input": {"node": inputNode.GetName(), "id": inputNode.GetID()},
-        "planning": {"node": planningNode.GetName(), "id": planningNode.GetID()} if planningNode is not None else None,
-        "model_path": str(loaded.path),
-        "requested_device": settings.device,
-        "enhance": outcome.enhanced.parameters,
-        "metrics": outcome.metrics.get("parameters"),
-    }
+    report = nodeReport(outcome.report(), inputNode, planningNode)
+    parameters = runParameters(report, inputNode, planningNode, settings)
     outputs = createOutputNodes(scene, inputNode, planningNode, resultsFromOutcome(outcome, report, parameters),
                                 overlayMap, overlayOpacity, layoutHook)
     for w in outcome.warnings:
         log.warning(w)
     stages.done("Done")
     return outputs
+
+
+def checkJobInputs(scene: Any, inputNode: Any, planningNode: Any, overlayMap: str, settings: EnhanceSettings) -> str:
+    """Refuse what cannot run (InputError) before any work; returns the overlay to show."""
+    if scene is None:
+        raise InputError("no MRML scene given")
+    overlayMap = (overlayMap or "none").lower()
+    if overlayMap not in OVERLAY_CHOICES:
+        raise InputError(f"overlay map '{overlayMap}' is not one of {', '.join(OVERLAY_CHOICES)}")
+    if overlayMap != "none" and not settings.assess:
+        overlayMap = "none"
+    checkScalarVolumeNode(inputNode, "input MVCT")
+    if planningNode is not None:
+        checkScalarVolumeNode(planningNode, "planning CT")
+        if planningNode is inputNode:
+            raise InputError("the planning CT and the input MVCT are the same node: select the planning kV CT, "
+                             "or no planning CT")
+    return overlayMap
+
+
+def nodeReport(report: dict[str, Any], inputNode: Any, planningNode: Any) -> dict[str, Any]:
+    """The job's report with the nodes' names and IDs (what only Slicer knows)."""
+    report = dict(report)
+    report["input"] = {"node": inputNode.GetName(), "id": inputNode.GetID(), **report["input"]}
+    if planningNode is not None:
+        report["planning_ct"] = {"node": planningNode.GetName(), "id": planningNode.GetID(), **report["planning_ct"]}
+    return report
+
+
+def runParameters(report: dict[str, Any], inputNode: Any, planningNode: Any, settings: EnhanceSettings) -> dict[str, Any]:
+    """The 'Parameters' attribute of the output nodes, from the job's report."""
+    return {
+        "input": {"node": inputNode.GetName(), "id": inputNode.GetID()},
+        "planning": {"node": planningNode.GetName(), "id": planningNode.GetID()} if planningNode is not None else None,
+        "model_path": str(report["model"]["path"]),
+        "requested_device": settings.device,
+        "enhance": report["parameters"],
+        "metrics": (report.get("metrics") or {}).get("parameters"),
+    }
 
 
 def settingsFromParameters(settings: EnhanceSettings | None = None, *, device: str | None = None,

@@ -9,8 +9,12 @@ options are those of ``mvct-enhance enhance`` (the same code runs: MVCTEnhanceLi
 the input is given with ``--input``: Slicer would load a bare positional argument as data. Slicer
 consumes ``--help`` itself, so this script's help is ``--usage``. No layout or GUI call is made.
 
+The MVCT Enhance module runs this script in a separate process for every Enhance (with
+``--progress json``: one JSON object per progress step on stderr) and terminates it on Cancel.
+
 Exit codes: 0 done, 1 internal error, 2 user error (bad input, model or output path),
-3 a dependency (torch, scipy, tqdm, matplotlib) is missing from Slicer's Python, 130 interrupted.
+3 a dependency (torch, scipy, tqdm, matplotlib) is missing from Slicer's Python, 130 interrupted,
+143 terminated (SIGTERM); an interrupted or terminated run leaves no output and no temporary file.
 """
 
 from __future__ import annotations
