@@ -384,3 +384,39 @@ def test_ddp_two_cpu_processes_end_with_identical_weights(tmp_path):
     assert r0["mv_taken"] == {"epoch": 0, "taken": 3}
     # only rank 0 wrote the run folder's logs
     assert read_loss_csv(tmp_path / "run" / "losses.csv")["iteration"] == [1, 2, 3]
+
+
+# -- the bounded generator ------------------------------------------------------------------------------
+
+def test_bounded_generator_trains_exports_and_stays_within_its_bound(tmp_path):
+    """Starts exactly at its anchor (calibrated input + TV), learns, and its exported file is bounded."""
+    from MVCTEnhanceLib.engine.calibration import tissue_calibration
+    from MVCTEnhanceLib.engine.inference import enhance
+    from MVCTEnhanceLib.engine.volume import Volume
+    from MVCTEnhanceLib.training.bounded import BoundedTranslators
+
+    run = tmp_path / "bounded"
+    cfg = tiny_config(run, iterations=8, generator="bounded", max_change_hu=120.0, learned_change_hu=40.0,
+                      anchor_tv_weight=15.0, anchor_tv_iterations=5, change_highpass_px=1.0,
+                      mv_cycle_smooth_px=1.5, lr_g=1e-3)
+    from MVCTEnhanceLib.training.cyclegan import build_translators
+
+    start = build_translators(cfg)
+    assert isinstance(start, BoundedTranslators)
+    x = data()["mv_dataset"][0][None]
+    tv_only = start.tv(start.cal(start._hu(x)))  # zero-initialised decoders: G is exactly its anchor at first
+    assert torch.allclose(start.G(x), start._net(start.cal(start._hu(x)) + (tv_only - start.cal(start._hu(x)))
+                                                  .clamp(-120, 120)), atol=1e-6)
+    train(cfg, **data())
+    out = tmp_path / "bounded.pt"
+    exported = export_run(run, out, name="bounded-test", version="0.0.1")
+    card = load_model(out).card
+    assert card.bounded and card.max_change_hu == 120.0 and card.anchor() == tissue_calibration()
+    assert card.architecture["type"].startswith("bounded") and exported.card.to_dict()["schema_version"] == 2
+    arr = phantom_array((2, 40, 40), seed=3, noise_sd=40.0)
+    result = enhance(Volume(arr), load_model(out), device="cpu")
+    change = result.volume.array - tissue_calibration().apply(arr)
+    assert np.abs(change).max() <= 120.0 + 1e-3
+    assert np.abs(change).mean() > 1.0  # TV and the learned change act
+    body = arr > -400
+    assert (result.volume.array[body] < -900).mean() < 0.01  # no tissue becomes air

@@ -15,7 +15,10 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from ..engine.calibration import Calibration, tissue_calibration
+from ..engine.files import read_json_object
 from . import losses as L
+from .bounded import BoundedTranslators, GaussianBlur
 from .networks import Decoder, Encoder, Generator, PatchDiscriminator
 from .options import TrainConfig
 
@@ -44,9 +47,29 @@ class Translators(nn.Module):
             out["idt_mv"], out["idt_kv"] = self.dec_mv(self.enc_kv(x)), self.dec_kv(self.enc_mv(y))
         return out
 
+    def convert(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.dec_kv(self.enc_mv(x)), self.dec_mv(self.enc_kv(y))
+
     def mv_to_kv(self) -> Generator:
         """G_MV->kV = Dec_kV o Enc_MV (sharing this module's weights): what is exported."""
         return Generator(self.enc_mv, self.dec_kv)
+
+
+def calibration_of(config: TrainConfig) -> Calibration:
+    """The run's MV->kV calibration: its JSON file, else the ICRU tissue points."""
+    if config.calibration:
+        return Calibration.from_dict(read_json_object(config.calibration, "calibration"), "calibration")
+    return tissue_calibration()
+
+
+def build_translators(config: TrainConfig) -> nn.Module:
+    """The paper's translators, or the bounded ones (training.bounded) for ``generator="bounded"``."""
+    if config.generator == "bounded":
+        return BoundedTranslators(config.ngf, config.n_enc_res, config.n_dec_res, config.hu_window,
+                                  calibration_of(config), config.max_change_hu, config.learned_change_hu,
+                                  config.anchor_tv_weight, config.anchor_tv_iterations, config.change_highpass_px,
+                                  config.noise_channel)
+    return Translators(config.ngf, config.n_enc_res, config.n_dec_res)
 
 
 class Discriminators(nn.Module):
@@ -121,7 +144,7 @@ class CycleGAN:
                  rank: int, phi: nn.Module | None) -> None:
         self.config, self.weights, self.device, self.amp, self.phi = config, weights, device, amp, phi
         torch.manual_seed(config.seed)
-        self.G = Translators(config.ngf, config.n_enc_res, config.n_dec_res).to(device)
+        self.G = build_translators(config).to(device)
         self.D = Discriminators(config.ndf, config.n_d_down).to(device)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=config.lr_g, betas=(config.beta1, config.beta2),
                                       weight_decay=config.weight_decay)
@@ -131,6 +154,7 @@ class CycleGAN:
         self.rng = torch.Generator().manual_seed(config.seed * 1000 + 17 + rank)  # pools and label jitter
         self.pool_mv, self.pool_kv = ImagePool(config.pool_size), ImagePool(config.pool_size)
         self.air_c = L.air_threshold(config.hu_window, config.air_threshold_hu)
+        self.mv_cycle_view = GaussianBlur(config.mv_cycle_smooth_px).to(device)
         # What the step calls: the DDP wrappers once :meth:`distribute` ran, else the modules.
         self.G_ddp: nn.Module = self.G
         self.D_ddp: nn.Module = self.D
@@ -166,9 +190,11 @@ class CycleGAN:
         if w["adversarial"] > 0:
             terms["adversarial"] = L.adversarial_loss(pred_kv) + L.adversarial_loss(pred_mv)
         if w["cycle"] > 0:
-            terms["cycle"] = L.cycle_loss(x, out["cycled_mv"]) + L.cycle_loss(y, out["cycled_kv"])
-        if w["identity"] > 0:
-            terms["identity"] = L.identity_loss(x, out["idt_mv"]) + L.identity_loss(y, out["idt_kv"])
+            terms["cycle"] = (L.cycle_loss(self.mv_cycle_view(x), self.mv_cycle_view(out["cycled_mv"]))
+                              + L.cycle_loss(y, out["cycled_kv"]))
+        if w["identity"] > 0:  # a bounded generator's target is its anchor (the calibrated input)
+            terms["identity"] = (L.identity_loss(out.get("idt_mv_target", x), out["idt_mv"])
+                                 + L.identity_loss(out.get("idt_kv_target", y), out["idt_kv"]))
         if w["perceptual"] > 0:
             terms["perceptual"] = (L.perceptual_loss(self.phi, out["fake_kv"], x)
                                    + L.perceptual_loss(self.phi, out["fake_mv"], y))
@@ -204,7 +230,8 @@ class CycleGAN:
     @torch.no_grad()
     def convert(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(G_MV->kV(x), G_kV->MV(y)) in float32, without gradients (the sample images)."""
-        return self.G.dec_kv(self.G.enc_mv(x)).float(), self.G.dec_mv(self.G.enc_kv(y)).float()
+        fake_kv, fake_mv = self.G.convert(x, y)
+        return fake_kv.float(), fake_mv.float()
 
     def load_networks(self, state: dict[str, Any]) -> None:
         """The translators' and discriminators' weights of a checkpoint (RuntimeError if they differ)."""

@@ -15,7 +15,7 @@ from ..engine.errors import InputError, OutputError
 from ..engine.files import read_json_object
 from ..engine.modelcard import STRIDE, ModelCard
 from ..engine.modelfile import save_model
-from .networks import Decoder, Encoder, Generator
+from .cyclegan import build_translators, calibration_of
 from .runfolder import CHECKPOINT_NAME, RUN_NAME, lineage_iterations, load_run_config, read_checkpoint
 
 DEFAULT_INTENDED_USE = (
@@ -30,8 +30,9 @@ class ExportedModel(NamedTuple):
     card: ModelCard
 
 
-def generator_from_run(run_dir: str | os.PathLike) -> tuple[Generator, dict[str, Any]]:
-    """The MV->kV generator of a run's latest checkpoint and that checkpoint's iteration/config."""
+def generator_from_run(run_dir: str | os.PathLike) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The MV->kV generator of a run's latest checkpoint and that checkpoint's iteration/config: the
+    paper's Dec_kV o Enc_MV, or a bounded run's :class:`.bounded.BoundedMVtoKV`."""
     run = Path(run_dir)
     if not run.is_dir():
         raise InputError(f"run folder '{run}' does not exist")
@@ -40,14 +41,12 @@ def generator_from_run(run_dir: str | os.PathLike) -> tuple[Generator, dict[str,
     if not ckpt.is_file():
         raise InputError(f"run folder '{run}' has no {CHECKPOINT_NAME}; train (or resume) it first")
     state = read_checkpoint(ckpt)
-    gen = Generator(Encoder(1, config.ngf, config.n_enc_res), Decoder(1, config.ngf, config.n_dec_res))
-    trans = state["translators"]
+    translators = build_translators(config)
     try:
-        gen.encoder.load_state_dict({k[len("enc_mv."):]: v for k, v in trans.items() if k.startswith("enc_mv.")})
-        gen.decoder.load_state_dict({k[len("dec_kv."):]: v for k, v in trans.items() if k.startswith("dec_kv.")})
+        translators.load_state_dict(state["translators"])
     except RuntimeError as exc:
         raise InputError(f"checkpoint '{ckpt}' does not match its config.json ({str(exc).splitlines()[0]})") from None
-    return gen.eval(), {"iteration": int(state["iteration"]), "config": config}
+    return translators.mv_to_kv().eval(), {"iteration": int(state["iteration"]), "config": config}
 
 
 def _short_sources(summary: Any, keep: int = 3) -> Any:
@@ -105,11 +104,21 @@ def build_card(run_dir: str | os.PathLike, iteration: int, *, name: str = "mvcte
     architecture = {"type": "Dec_kV o Enc_MV", "ngf": config.ngf, "encoder_res_blocks": config.n_enc_res,
                     "decoder_res_blocks": config.n_dec_res, "stride": STRIDE,
                     "discriminator": {"type": "PatchGAN (LSGAN)", "ndf": config.ndf, "n_down": config.n_d_down}}
+    calibration = max_change = None
+    if config.generator == "bounded":
+        architecture["type"] = ("bounded: calibrated MVCT + clamp(TV(c) - c + L * highpass(Dec_kV o Enc_MV(rep(c))), "
+                                "+-max_change_hu)")
+        architecture["bounded"] = {"learned_change_hu": config.learned_change_hu, "tv_weight": config.anchor_tv_weight,
+                                   "tv_iterations": config.anchor_tv_iterations,
+                                   "highpass_px": config.change_highpass_px, "input_channels": "rep(HU): full range "
+                                   "-1000..2000 / 1000 and soft tissue +-250 / 250"}
+        calibration, max_change = calibration_of(config).to_dict(), float(config.max_change_hu)
     phi = str(info.get("perceptual_phi", "unknown")) if weights["perceptual"] > 0 else "none (perceptual loss off)"
     return ModelCard(
         name=name, version=version, hu_window=tuple(config.hu_window), pixel_spacing_mm=tuple(config.pixel_spacing_mm),
         training_data=data, losses={k: float(v) for k, v in weights.items()}, intended_use=intended_use,
-        license="Apache-2.0", perceptual_phi=phi, architecture=architecture, extra=card_extra)
+        license="Apache-2.0", perceptual_phi=phi, architecture=architecture, calibration=calibration,
+        max_change_hu=max_change, extra=card_extra)
 
 
 def read_card_extra(path: str | os.PathLike) -> dict[str, Any]:

@@ -26,6 +26,9 @@ PRESETS: dict[str, dict[str, float]] = {
                  "autoencoder": 0.0, "air": 0.0},
 }
 LR_SCHEDULES = ("linear", "cosine", "constant")
+#: "paper": the generator's output is the image (the paper's unbounded translators); "bounded": the
+#: calibrated input plus a change of at most max_change_hu (training.bounded).
+GENERATORS = ("paper", "bounded")
 #: Air threshold C of the air-region loss (talk): voxels below it are air.
 AIR_THRESHOLD_HU = -600.0
 
@@ -120,6 +123,25 @@ class TrainConfig:
     min_body_fraction: float = _option(0.05, help="skip slices with less body", group=DATA)
     max_slices: int | None = _option(None, help="use at most N slices per domain", group=DATA, metavar="N", low=1)
     # Networks
+    generator: str = _option("paper", help="paper: the output is the image (unbounded); bounded: the calibrated "
+                             "MVCT plus a change of at most --max-change-hu, whatever the weights", group=NETWORKS,
+                             choices=GENERATORS)
+    calibration: str | None = _option(None, help="MV->kV calibration JSON of a bounded generator (mvct-enhance "
+                                      "calibrate; default: the ICRU tissue points)", group=NETWORKS, metavar="FILE")
+    max_change_hu: float = _option(150.0, help="bounded: the most a voxel may move from its calibrated value (HU; "
+                                   "the engine enforces it)", group=NETWORKS, low=0, low_open=True)
+    learned_change_hu: float = _option(50.0, help="bounded: the bound of the learned part of the change (HU)",
+                                       group=NETWORKS, low=0)
+    anchor_tv_weight: float = _option(15.0, help="bounded: weight (HU) of the fixed TV denoising inside the "
+                                      "generator, 0: none", group=NETWORKS, low=0)
+    anchor_tv_iterations: int = _option(30, help="bounded: iterations of that TV denoising", group=NETWORKS, low=0)
+    change_highpass_px: float = _option(3.0, help="bounded: keep only the learned change minus its Gaussian blur "
+                                        "of this sigma (px), 0: keep all of it", group=NETWORKS, low=0)
+    noise_channel: bool = _option(True, help="bounded: a white-noise input of the kV->MV translator",
+                                  group=NETWORKS)
+    mv_cycle_smooth_px: float = _option(0.0, help="Gaussian sigma (px) applied to both sides of the MV cycle "
+                                        "loss (a denoising G cannot give the noise back), 0: plain",
+                                        group=LOSSES, low=0)
     ngf: int = _option(32, help="generator base channels", group=NETWORKS, low=1)
     n_enc_res: int = _option(5, help="encoder residual blocks", group=NETWORKS, low=0)
     n_dec_res: int = _option(4, help="decoder residual blocks", group=NETWORKS, low=0)
@@ -208,6 +230,11 @@ class TrainConfig:
             problems.append(f"pixel_spacing_mm must be positive, got {self.pixel_spacing_mm}")
         if self.crop_size < 8 * STRIDE or self.crop_size % STRIDE:
             problems.append(f"crop_size must be a multiple of {STRIDE} and at least {8 * STRIDE}, got {self.crop_size}")
+        if self.generator == "bounded" and self.learned_change_hu > self.max_change_hu:
+            problems.append(f"learned_change_hu ({self.learned_change_hu:g}) must not exceed max_change_hu "
+                            f"({self.max_change_hu:g})")
+        if self.calibration and not Path(self.calibration).is_file():
+            problems.append(f"calibration '{self.calibration}' does not exist")
         if self.init_from and not Path(self.init_from).exists():
             problems.append(f"init_from '{self.init_from}' does not exist (give a run folder or its checkpoint.pt)")
         if problems:
