@@ -141,6 +141,9 @@ def _add_enhance(sub: Any) -> None:
     p.add_argument("--montage", help="write a PNG montage (MVCT | enhanced | planning CT | DIG | NSelfSSIM) here")
     p.add_argument("--planning-ct", help="planning CT of the same patient: its NSelfSSIM is reported as the "
                                          "reference and its nearest slice is shown in the montage")
+    p.add_argument("--register", action="store_true",
+                   help="register the MVCT rigidly to --planning-ct first (mutual information); the transform "
+                        "(LPS, MVCT -> planning CT) goes into the report")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
     p.add_argument("--batch-size", type=_positive_int, default=None,
                    help="slices per batch (default: 8 on CUDA, 4 on MPS, 2 on CPU where larger batches only cost memory)")
@@ -188,6 +191,7 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
         report = enhance_file(args.input, outputs["output"], model=args.model, dig=outputs["dig"],
                               nselfssim=outputs["nselfssim"], report=outputs["report"], montage=outputs["montage"],
                               planning_ct=args.planning_ct, tissue_change=outputs["tissue_change"],
+                              register=args.register,
                               settings=_settings(args), output_type=args.output_type,
                               overwrite=args.overwrite, series_uid=args.series_uid, progress=bars)
     finally:
@@ -213,6 +217,11 @@ def _print_enhance_summary(report: dict[str, Any]) -> None:
         dig = m.get("dig", {}).get("output")
         if dig:
             print(f"DIG in body: mean {dig['mean']:.4g}, median {dig['median']:.4g}, p95 {dig['p95']:.4g} HU^2/mm^2")
+    reg = report.get("registration")
+    if reg:
+        shift = reg["translation_mm"]
+        print(f"registered MVCT -> planning CT: rotation {reg['rotation_deg']:.2f} deg, translation "
+              f"({shift[0]:.2f}, {shift[1]:.2f}, {shift[2]:.2f}) mm (LPS)")
     for w in report.get("warnings", []):
         print(f"warning   {w}")
 
@@ -394,6 +403,14 @@ def _add_make_dataset(sub: Any) -> None:
     p.add_argument("--size", type=_positive_int, default=256, help="slice size in pixels (default 256)")
     p.add_argument("--spacing", type=_positive_float, default=1.0, metavar="MM", help="pixel spacing (default 1.0)")
     p.add_argument("--noise-sd", type=float, default=30.0, metavar="HU", help="MVCT noise SD (default 30)")
+    p.add_argument("--randomise", action="store_true",
+                   help="MV training slices from randomised machines and body sizes, each with its clean twin")
+    p.add_argument("--validation", type=int, default=0, metavar="N",
+                   help="paired validation cases of their own anatomy (default 0)")
+    p.add_argument("--shift-sets", action="store_true",
+                   help="also the test anatomy under shifted simulator settings and a second simulator")
+    p.add_argument("--real-kv-augmentations", type=int, default=0, metavar="N",
+                   help="augmented variants of a real CT slice (never in the test set) in the kV pool (default 0)")
     p.add_argument("--sample", action="store_true",
                    help="write sample_planning_ct.nrrd and sample_mvct.nrrd (as shipped in Resources/sample)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset or sample")
@@ -415,12 +432,16 @@ def _cmd_make_dataset(args: argparse.Namespace) -> int:
                                 n_train_kv=args.n_train_kv, n_train_mv=args.n_train_mv, n_test=args.n_test,
                                 size=args.size, spacing_mm=args.spacing, noise_sd=args.noise_sd,
                                 real_augmentations=args.real_augmentations, overwrite=args.overwrite,
+                                randomise=args.randomise, n_validation=args.validation, shift_sets=args.shift_sets,
+                                real_kv_augmentations=args.real_kv_augmentations,
                                 progress=lambda done, total: bars("dataset", done, total))
     finally:
         bars.close()
     c = manifest["counts"]
+    shifts = [k for k in c if k.startswith("shift_")]
     print(f"dataset   {args.outdir}: {c['train_kv']} kV + {c['train_mv']} MV training slices, "
-          f"{c['test']} paired test cases, {manifest['seconds']:.0f} s")
+          f"{c['test']} paired test cases, {c.get('validation', 0)} validation cases"
+          + (f", {len(shifts)} shift sets of {c[shifts[0]]} cases" if shifts else "") + f", {manifest['seconds']:.0f} s")
     print(f"manifest  {args.outdir}/manifest.json")
     return EXIT_OK
 

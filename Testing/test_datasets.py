@@ -310,3 +310,52 @@ def test_json_files_that_are_not_objects_give_input_errors(tmp_path):
         load_run_config(tmp_path)
     with pytest.raises(InputError, match="card extra file .* does not exist"):
         read_card_extra(tmp_path / "nope.json")
+
+
+def test_randomised_dataset_with_clean_twins_validation_and_shift_sets(tmp_path):
+    """Training MV slices from randomised machines with clean twins; validation and shift sets beside
+    the test set; anatomy disjoint between training and evaluation; every file in the manifest."""
+    from MVCTEnhanceLib.synth.randomise import SHIFT_SETS
+
+    out = tmp_path / "ds"
+    m = D.make_dataset(out, seed=2, n_train_kv=2, n_train_mv=3, n_test=2, real_augmentations=-1, size=64,
+                       spacing_mm=4.0, randomise=True, n_validation=1, shift_sets=True)
+    assert D.verify_dataset(out) == []
+    assert m["counts"]["validation"] == 1
+    assert {k for k in m["counts"] if k.startswith("shift_")} == {f"shift_{n}" for n in SHIFT_SETS}
+    machines = [e["simulator"] for e in m["splits"]["train_mv"]]
+    assert len({round(s["noise_sd"], 3) for s in machines}) == 3  # a machine per slice
+    for e in m["splits"]["train_mv"]:
+        noisy, clean = read_volume(out / e["file"]).array, read_volume(out / e["clean"]).array
+        body = clean > -500
+        assert 5.0 < np.std((noisy - clean)[body]) < 120.0  # the twin is the same slice without the noise
+    train_ids = {e["anatomy_id"] for s in ("train_kv", "train_mv") for e in m["splits"][s]}
+    eval_ids = {e["anatomy_id"] for s, entries in m["splits"].items() if not s.startswith("train") for e in entries}
+    assert not train_ids & eval_ids
+    # a shift set is the test anatomy under other settings: same kV truth for "whole" sets, other MVCT
+    test_kv = read_volume(out / m["splits"]["test"][0]["kv"]).array
+    assert np.array_equal(read_volume(out / m["splits"]["shift_noise45"][0]["kv"]).array, test_kv)
+    assert not np.array_equal(read_volume(out / m["splits"]["shift_independent"][0]["mv"]).array,
+                              read_volume(out / m["splits"]["test"][0]["mv"]).array)
+    (out / m["splits"]["train_mv"][0]["clean"]).unlink()
+    assert any("missing" in p for p in D.verify_dataset(out, check_pixels=False))
+
+
+def test_independent_simulator_is_calibrated_and_differs_from_the_project_simulator():
+    from MVCTEnhanceLib.synth.independent import IndependentSettings, effective_curve, simulate_independent
+    from MVCTEnhanceLib.synth.simulate import SimulatorSettings, simulate_slice
+
+    n = 128
+    yy, xx = np.mgrid[:n, :n] - (n - 1) / 2
+    img = np.where(xx ** 2 + yy ** 2 <= 50 ** 2, 0.0, -1000.0).astype(np.float32)
+    img[(xx - 20) ** 2 + yy ** 2 < 8 ** 2] = 1561.0
+    mv = simulate_independent(img, 2.0, IndependentSettings(noise_sd=30.0), seed=1)
+    centre = (xx ** 2 + (yy + 20) ** 2) < 8 ** 2
+    assert abs(float(mv[centre].mean())) < 15.0 and 10.0 < float(mv[centre].std()) < 60.0
+    assert abs(float(mv[(xx ** 2 + yy ** 2) > 60 ** 2].mean()) + 1000.0) < 30.0
+    curve = effective_curve()
+    assert 700 < curve["cortical"] < 900 and -60 < curve["adipose"] < -35  # a ~1 MeV-like curve ...
+    ours = simulate_slice(img, (2.0, 2.0), SimulatorSettings(noise_sd=0.0), np.random.default_rng(0))
+    theirs = simulate_independent(img, 2.0, IndependentSettings(noise_sd=0.0))
+    bone = ((xx - 20) ** 2 + yy ** 2) < 5 ** 2
+    assert abs(float(ours[bone].mean() - theirs[bone].mean())) > 5.0  # ... but another machine

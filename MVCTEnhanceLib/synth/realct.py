@@ -137,6 +137,19 @@ def load_real_slices() -> list[RealSlice]:
     return out
 
 
+def load_training_real_slices() -> list[RealSlice]:
+    """Real CT anatomy for the kV training pool only: a patient none of :func:`load_real_slices` is.
+
+    pydicom's ``693_J2KI.dcm``: a 512 x 512, 0.48 mm head slice from the CQ500 collection (ImageType
+    DERIVED: a JPEG 2000 re-encoding of an original reconstruction); padding below air -> air.
+    """
+    p = _testdata_path("693_J2KI.dcm", "pydicom")
+    ds = pydicom.dcmread(p)
+    return [RealSlice("pydicom/693_J2KI.dcm", "pydicom/693_J2KI (CQ500-CT-310)", _clean(_rescaled(ds, ds.pixel_array)),
+                      _spacing(ds), "pydicom", "693_J2KI.dcm", None, "real",
+                      "head CT slice (CQ500); used for kV training anatomy only, never for testing")]
+
+
 def to_grid(hu: np.ndarray, spacing: tuple[float, float], size: int = 256, spacing_mm: float = 1.0) -> np.ndarray:
     """Resample a slice to ``size`` x ``size`` pixels of ``spacing_mm``, body centred, air around."""
     zoom = (spacing[0] / spacing_mm, spacing[1] / spacing_mm)
