@@ -242,7 +242,7 @@ def test_damaged_or_foreign_checkpoints_are_refused(learning_run, tmp_path):
 def test_cyclegan_preset_switches_the_extra_losses_off(tmp_path):
     cfg = tiny_config(tmp_path / "cg", iterations=1, preset="cyclegan", w_identity=0.0)
     assert cfg.weights() == {"adversarial": 1.0, "cycle": 10.0, "identity": 0.0, "perceptual": 0.0,
-                             "autoencoder": 0.0, "air": 0.0}
+                             "autoencoder": 0.0, "air": 0.0, "denoise": 0.0}
     train(cfg, **data())
     cols = read_loss_csv(tmp_path / "cg" / "losses.csv")
     assert set(cols) == {"iteration", "lr_g", "lr_d", "seconds_per_iteration", "generator_total",
@@ -420,3 +420,32 @@ def test_bounded_generator_trains_exports_and_stays_within_its_bound(tmp_path):
     assert np.abs(change).mean() > 1.0  # TV and the learned change act
     body = arr > -400
     assert (result.volume.array[body] < -900).mean() < 0.01  # no tissue becomes air
+
+
+def test_clean_twins_are_cropped_with_their_slices_and_feed_the_denoise_loss(tmp_path):
+    """make-dataset --randomise writes clean twins; the loader crops them exactly as their MV slices,
+    and a bounded run with the denoise loss trains on them (data from --data)."""
+    from MVCTEnhanceLib.synth.make_dataset import make_dataset
+    from MVCTEnhanceLib.training.data import SliceDataset
+    from MVCTEnhanceLib.training.trainer import make_config
+
+    ds = tmp_path / "ds"
+    make_dataset(ds, seed=1, n_train_kv=2, n_train_mv=2, n_test=0, real_augmentations=-1, size=64, spacing_mm=4.0,
+                 randomise=True)
+    loader = SliceDataset([ds / "train_mv"], hu_window=HU_WINDOW, pixel_spacing_mm=(4.0, 4.0), crop_size=32,
+                          max_rotation_deg=10.0, field_truncation=1.0, twin_sources=[ds / "train_mv_clean"])
+    item = loader[0]
+    assert item.shape == (2, 32, 32)
+    noisy, clean = item[0].numpy(), item[1].numpy()
+    body = clean > -0.4  # -400 HU in this window
+    assert body.any() and 0.002 < np.std((noisy - clean)[body]) < 0.2  # same crop, rotation and field: only noise
+    with pytest.raises(InputError, match="do not match"):
+        SliceDataset([ds / "train_mv"], hu_window=HU_WINDOW, twin_sources=[ds / "train_kv"])
+    cfg = make_config(tmp_path / "run", data=ds, generator="bounded", w_denoise=1.0, crop_size=32, ngf=4, ndf=8,
+                      n_enc_res=1, n_dec_res=1, iterations=3, progress=False, hu_window=HU_WINDOW,
+                      pixel_spacing_mm=(4.0, 4.0), sample_every=0, anchor_tv_iterations=3)
+    assert cfg.mv_clean == [str(ds / "train_mv_clean")]
+    train(cfg)
+    assert np.isfinite(read_loss_csv(tmp_path / "run" / "losses.csv")["denoise"]).all()
+    with pytest.raises(InputError, match="clean twins"):
+        TrainConfig(**{**cfg.to_dict(), "mv_clean": None, "out_dir": str(tmp_path / "x")}).validate()

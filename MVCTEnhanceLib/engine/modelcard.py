@@ -109,9 +109,15 @@ class ModelCard:
     # HU <-> network range, shared by inference and training so both use exactly one mapping.
     def hu_to_net_scale(self) -> tuple[float, float]:
         """(a, b) such that net = a * HU + b maps the window onto [-1, 1]."""
-        lo, hi = self.hu_window
-        a = 2.0 / (hi - lo)
-        return a, -1.0 - a * lo
+        return hu_to_net_scale(self.hu_window)
+
+
+def hu_to_net_scale(hu_window: tuple[float, float]) -> tuple[float, float]:
+    """(a, b) such that net = a * HU + b maps ``hu_window`` onto [-1, 1]: the one HU <-> network
+    mapping, shared by inference, the training data and the trainer's networks."""
+    lo, hi = float(hu_window[0]), float(hu_window[1])
+    a = 2.0 / (hi - lo)
+    return a, -1.0 - a * lo
 
 
 def _is_number(x: Any) -> bool:

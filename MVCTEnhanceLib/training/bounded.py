@@ -28,6 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..engine.calibration import Calibration
+from ..engine.modelcard import hu_to_net_scale
 from .networks import Decoder, Encoder
 
 def rep(hu: torch.Tensor) -> torch.Tensor:
@@ -120,8 +121,7 @@ class BoundedMVtoKV(nn.Module):
                  learned_change_hu: float, tv_weight: float, tv_iterations: int, highpass_px: float) -> None:
         super().__init__()
         self.encoder, self.decoder = encoder, decoder
-        self.a = 2.0 / (float(hu_window[1]) - float(hu_window[0]))
-        self.b = -1.0 - self.a * float(hu_window[0])
+        self.a, self.b = hu_to_net_scale(hu_window)
         self.max_change_hu = float(max_change_hu)
         self.learned_change_hu = float(learned_change_hu)
         self.tv = TotalVariation(tv_weight, tv_iterations)
@@ -159,8 +159,7 @@ class BoundedTranslators(nn.Module):
         self.cal = PiecewiseLinear(calibration.mv_hu, calibration.kv_hu, calibration.mv_hu[0] <= -1000.0)
         self.cal_inv = PiecewiseLinear(calibration.kv_hu, calibration.mv_hu, calibration.kv_hu[0] <= -1000.0)
         self.hu_window = (float(hu_window[0]), float(hu_window[1]))
-        self.a = 2.0 / (self.hu_window[1] - self.hu_window[0])
-        self.b = -1.0 - self.a * self.hu_window[0]
+        self.a, self.b = hu_to_net_scale(hu_window)
         self.bound = float(max_change_hu)
         self.learned = float(learned_change_hu)
         self.noise_channel = noise_channel

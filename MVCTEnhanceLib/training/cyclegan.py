@@ -18,7 +18,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from ..engine.calibration import Calibration, tissue_calibration
 from ..engine.files import read_json_object
 from . import losses as L
-from .bounded import BoundedTranslators, GaussianBlur
+from ..engine.errors import InputError
+from ..engine.modelcard import hu_to_net_scale
+from .bounded import BoundedTranslators, GaussianBlur, PiecewiseLinear
 from .networks import Decoder, Encoder, Generator, PatchDiscriminator
 from .options import TrainConfig
 
@@ -155,6 +157,8 @@ class CycleGAN:
         self.pool_mv, self.pool_kv = ImagePool(config.pool_size), ImagePool(config.pool_size)
         self.air_c = L.air_threshold(config.hu_window, config.air_threshold_hu)
         self.mv_cycle_view = GaussianBlur(config.mv_cycle_smooth_px).to(device)
+        cal = calibration_of(config)
+        self.cal = PiecewiseLinear(cal.mv_hu, cal.kv_hu, cal.mv_hu[0] <= -1000.0).to(device)
         # What the step calls: the DDP wrappers once :meth:`distribute` ran, else the modules.
         self.G_ddp: nn.Module = self.G
         self.D_ddp: nn.Module = self.D
@@ -176,8 +180,9 @@ class CycleGAN:
             group["lr"] = lr_d
         return lr_g, lr_d
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        """One optimisation step on an MVCT batch ``x`` and a kV-CT batch ``y``; the unweighted losses."""
+    def step(self, x: torch.Tensor, y: torch.Tensor, x_clean: torch.Tensor | None = None) -> dict[str, float]:
+        """One optimisation step on an MVCT batch ``x`` and a kV-CT batch ``y``; the unweighted losses.
+        ``x_clean``: the clean twins of ``x`` (the denoise loss)."""
         w, amp = self.weights, self.amp
         dev = self.device.type
         for p in self.D.parameters():
@@ -202,6 +207,10 @@ class CycleGAN:
             terms["autoencoder"] = L.autoencoder_loss(x, out["ae_mv"]) + L.autoencoder_loss(y, out["ae_kv"])
         if w["air"] > 0:
             terms["air"] = L.air_loss(out["fake_kv"], x, self.air_c) + L.air_loss(out["fake_mv"], y, self.air_c)
+        if w["denoise"] > 0:
+            if x_clean is None:
+                raise InputError("the denoise loss needs the MV slices' clean twins (--mv-clean)")
+            terms["denoise"] = L.cycle_loss(self.calibrated(x_clean), out["fake_kv"])
         loss_g = sum(w[k] * v for k, v in terms.items())
         self.opt_g.zero_grad(set_to_none=True)
         self.scaler.scale(loss_g).backward()
@@ -226,6 +235,12 @@ class CycleGAN:
             result["discriminator"] = float(loss_d.detach())
         self.scaler.update()
         return result
+
+    @torch.no_grad()
+    def calibrated(self, x: torch.Tensor) -> torch.Tensor:
+        """An MV batch (network range) through the run's calibration, back in the network range."""
+        a, b = hu_to_net_scale(self.config.hu_window)
+        return (self.cal((x - b) / a) * a + b).clamp(-1.0, 1.0)
 
     @torch.no_grad()
     def convert(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ..engine.errors import InputError
 from ..engine.metrics import BODY_THRESHOLD_HU
-from ..engine.modelcard import ModelCard
+from ..engine.modelcard import hu_to_net_scale
 from ..engine.volume import Volume, read_volume
 from ..synth.make_dataset import is_volume_file, read_manifest
 from .options import DEFAULTS, TrainConfig
@@ -109,23 +109,15 @@ def _body_mask(hu: np.ndarray) -> np.ndarray:
     return lab == int(np.argmax(sizes))
 
 
-def _net_scale(hu_window: tuple[float, float]) -> tuple[float, float]:
-    """(a, b) with net = a * HU + b. The model card holds the one HU <-> network mapping; a card
-    with only the window filled in is enough to ask it."""
-    card = ModelCard(name="", version="", hu_window=(float(hu_window[0]), float(hu_window[1])),
-                     pixel_spacing_mm=(1.0, 1.0), training_data={}, losses={}, intended_use="", license="")
-    return card.hu_to_net_scale()
-
-
 def hu_to_net(hu: np.ndarray, hu_window: tuple[float, float]) -> np.ndarray:
     """HU -> [-1, 1]: the model card's mapping (lo -> -1, hi -> +1, clipped)."""
-    a, b = _net_scale(hu_window)
+    a, b = hu_to_net_scale(hu_window)
     return np.clip(a * np.asarray(hu, np.float32) + b, -1.0, 1.0).astype(np.float32)
 
 
 def net_to_hu(net: np.ndarray, hu_window: tuple[float, float]) -> np.ndarray:
     """[-1, 1] -> HU, the inverse of :func:`hu_to_net` inside the window."""
-    a, b = _net_scale(hu_window)
+    a, b = hu_to_net_scale(hu_window)
     return ((np.asarray(net, np.float32) - b) / a).astype(np.float32)
 
 
@@ -149,7 +141,8 @@ class SliceDataset(torch.utils.data.Dataset):
                  max_rotation_deg: float = DEFAULTS["max_rotation_deg"], seed: int = DEFAULTS["seed"],
                  min_body_fraction: float = DEFAULTS["min_body_fraction"],
                  max_slices: int | None = DEFAULTS["max_slices"],
-                 field_truncation: float = DEFAULTS["field_truncation"]) -> None:
+                 field_truncation: float = DEFAULTS["field_truncation"],
+                 twin_sources: Sequence[str | os.PathLike] | None = None) -> None:
         lo, hi = float(hu_window[0]), float(hu_window[1])
         if not hi > lo:
             raise InputError(f"HU window must be [low, high] with low < high, got {hu_window!r}")
@@ -177,6 +170,11 @@ class SliceDataset(torch.utils.data.Dataset):
         self.sources = list_volume_sources(sources)
         if not self.sources:
             raise InputError("empty domain: no training sources given")
+        self.twin_sources = list_volume_sources(twin_sources) if twin_sources else None
+        if self.twin_sources is not None and [p.name for p in self.twin_sources] != [p.name for p in self.sources]:
+            raise InputError(f"the clean twins ({len(self.twin_sources)} files) do not match the MV sources "
+                             f"({len(self.sources)} files) name for name; give the dataset's train_mv_clean/")
+        self._twins: list[np.ndarray] = []
         self._slices: list[np.ndarray] = []
         self._bodies: list[np.ndarray] = []   # (n_body_px, 2) row/col of body pixels
         self._bbox: list[tuple[int, int, int, int]] = []
@@ -184,9 +182,10 @@ class SliceDataset(torch.utils.data.Dataset):
         self.n_volumes = 0
         self.n_slices_read = 0
         for si, src in enumerate(self.sources):
-            for vol in _read_source(src):
+            twins = _read_source(self.twin_sources[si]) if self.twin_sources is not None else None
+            for vi, vol in enumerate(_read_source(src)):
                 self.n_volumes += 1
-                self._add_volume(vol, si)
+                self._add_volume(vol, si, twins[vi] if twins is not None else None)
         if not self._slices:
             raise InputError(f"empty domain: no slice with at least {self.min_body_fraction:.0%} body "
                              f"(> {BODY_THRESHOLD_HU:g} HU) in {len(self.sources)} source(s), e.g. '{self.sources[0]}'")
@@ -195,13 +194,18 @@ class SliceDataset(torch.utils.data.Dataset):
             order = np.random.default_rng([self.seed, 0x5E1]).permutation(len(self._slices))[:max_slices]
             keep = sorted(int(i) for i in order)
             self._slices = [self._slices[i] for i in keep]
+            self._twins = [self._twins[i] for i in keep] if self._twins else []
             self._bodies = [self._bodies[i] for i in keep]
             self._bbox = [self._bbox[i] for i in keep]
             self._origin = [self._origin[i] for i in keep]
 
-    def _add_volume(self, vol: Volume, source_index: int) -> None:
+    def _add_volume(self, vol: Volume, source_index: int, twin: Volume | None = None) -> None:
         axis = vol.axial_axis()
         arr = np.moveaxis(vol.array, axis, 0)
+        if twin is not None and twin.array.shape != vol.array.shape:
+            raise InputError(f"the clean twin of '{self.sources[source_index]}' has another shape "
+                             f"({twin.array.shape} vs {vol.array.shape})")
+        twin_arr = np.moveaxis(twin.array, axis, 0) if twin is not None else None
         sp = vol.inplane_spacing(axis)
         zoom = (sp[0] / self.pixel_spacing_mm[0], sp[1] / self.pixel_spacing_mm[1])
         resample = abs(zoom[0] - 1) > 1e-3 or abs(zoom[1] - 1) > 1e-3
@@ -215,6 +219,11 @@ class SliceDataset(torch.utils.data.Dataset):
                 continue
             rows, cols = np.nonzero(body)
             self._slices.append(hu_to_net(hu, self.hu_window))
+            if twin_arr is not None:
+                clean = np.asarray(twin_arr[k], np.float32)
+                if resample:
+                    clean = ndimage.zoom(clean, zoom, order=1, mode="nearest", grid_mode=True)
+                self._twins.append(hu_to_net(clean, self.hu_window))
             self._bodies.append(np.stack((rows, cols), 1).astype(np.int32)[:: max(1, len(rows) // 4096)])
             self._bbox.append((int(rows.min()), int(rows.max()), int(cols.min()), int(cols.max())))
             self._origin.append((source_index, k))
@@ -257,12 +266,14 @@ class SliceDataset(torch.utils.data.Dataset):
                                        cval=self.air_value).astype(np.float32)
 
     def __getitem__(self, i: int) -> torch.Tensor:
+        """(1, crop, crop), or (2, crop, crop) with the clean twin cropped the same way as channel 1."""
         if not 0 <= i < len(self):
             raise IndexError(i)
-        img = self._slices[i]
+        images = [self._slices[i]] + ([self._twins[i]] if self._twins else [])
         body_level = float(hu_to_net(np.array([BODY_THRESHOLD_HU]), self.hu_window)[0])
         if not self.augment:
-            out = self._crop(img, self._centre(i, None), 0.0)
+            centre = self._centre(i, None)
+            outs = [self._crop(img, centre, 0.0) for img in images]
         else:
             rng = np.random.default_rng([self.seed, self.epoch, i])
             angle = 0.0
@@ -270,30 +281,35 @@ class SliceDataset(torch.utils.data.Dataset):
                 angle = float(rng.uniform(-self.max_rotation_deg, self.max_rotation_deg))
             r, c = self._centre(i, rng)
             shift = rng.integers(-self.max_shift_px, self.max_shift_px + 1, size=2)
-            out = self._crop(img, (r + shift[0], c + shift[1]), angle)
+            centre = (r + shift[0], c + shift[1])
+            out = self._crop(images[0], centre, angle)
             if not (out > body_level).any():
                 # the crop missed the body (a concave outline larger than the crop): centre it on
                 # a random body pixel instead, which always lies inside the crop
                 rc = self._bodies[i][rng.integers(len(self._bodies[i]))]
-                out = self._crop(img, (float(rc[0]), float(rc[1])), angle)
+                centre = (float(rc[0]), float(rc[1]))
+                out = self._crop(images[0], centre, angle)
+            outs = [out] + [self._crop(img, centre, angle) for img in images[1:]]
             if self.field_truncation > 0 and rng.uniform() < self.field_truncation:
-                out = self._truncate(out, body_level, rng)
-        return torch.from_numpy(out)[None]
+                outs = self._truncate(outs, body_level, rng)
+        return torch.from_numpy(np.stack(outs))
 
-    def _truncate(self, out: np.ndarray, body_level: float, rng: np.random.Generator) -> np.ndarray:
+    def _truncate(self, outs: list[np.ndarray], body_level: float, rng: np.random.Generator) -> list[np.ndarray]:
         """Keep a random field (rectangle or ellipse, 40..70 % of the crop, centred on a body pixel)
         and make the rest air.
 
         Why: a model that has only seen whole bodies invents bone along the straight edges of a
         small or truncated field (found on validation phantoms cut to a square: MAE 92 -> 475 HU).
         The new air is drawn from this image's own air pixels (so MVCT noise stays MVCT-like, kV air
-        stays clean), and the field edge is softened by ~1 px as a reconstructed edge is.
+        stays clean), and the field edge is softened by ~1 px as a reconstructed edge is. A clean twin
+        gets the same field and clean air.
         """
+        out = outs[0]
         n = out.shape[0]
         body = out > body_level
         rows, cols = np.nonzero(body)
         if rows.size == 0:
-            return out
+            return outs
         k = int(rng.integers(rows.size))
         r, c = float(rows[k]), float(cols[k])
         hr, hc = rng.uniform(0.2, 0.35, size=2) * n
@@ -308,7 +324,9 @@ class SliceDataset(torch.utils.data.Dataset):
         else:
             air = rng.choice(air_px, size=out.shape).astype(np.float32)
         keep = ndimage.gaussian_filter(keep, 0.7)
-        return (keep * out + (1.0 - keep) * air).astype(np.float32)
+        clean_air = np.full_like(out, self.air_value)
+        return [(keep * out + (1.0 - keep) * air).astype(np.float32)] + [
+            (keep * twin + (1.0 - keep) * clean_air).astype(np.float32) for twin in outs[1:]]
 
     def summary(self) -> dict[str, Any]:
         """JSON-serialisable description for the model card's training_data."""
@@ -317,6 +335,7 @@ class SliceDataset(torch.utils.data.Dataset):
             "n_slices": len(self),
             "n_slices_read": self.n_slices_read,
             "sources": [str(s) for s in self.sources],
+            "clean_twins": [str(s) for s in self.twin_sources] if self.twin_sources else None,
             "pixel_spacing_mm": list(self.pixel_spacing_mm),
             "hu_window": list(self.hu_window),
             "crop_size": self.crop_size,
@@ -331,15 +350,16 @@ class SliceDataset(torch.utils.data.Dataset):
         }
 
 
-def sources_from_dataset(folder: str | os.PathLike) -> tuple[list[str], list[str]]:
-    """([train_mv folder], [train_kv folder]) of a make-dataset folder (checked against its manifest)."""
+def sources_from_dataset(folder: str | os.PathLike) -> tuple[list[str], list[str], list[str] | None]:
+    """([train_mv folder], [train_kv folder], [train_mv_clean folder] or None) of a make-dataset folder
+    (checked against its manifest)."""
     root = Path(folder)
     read_manifest(root)
-    mv, kv = root / "train_mv", root / "train_kv"
+    mv, kv, clean = root / "train_mv", root / "train_kv", root / "train_mv_clean"
     for sub in (mv, kv):
         if not sub.is_dir():
             raise InputError(f"dataset '{root}' has no {sub.name}/ folder; rebuild it with make-dataset")
-    return [str(mv)], [str(kv)]
+    return [str(mv)], [str(kv)], ([str(clean)] if clean.is_dir() else None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -388,8 +408,9 @@ class DomainStream:
         self.epoch, self.taken, self._it = int(state["epoch"]), int(state["taken"]), None
 
 
-def open_domain(name: str, paths: list[str], config: TrainConfig, seed: int) -> SliceDataset:
-    """The loader of one domain's volumes with the run's data options."""
+def open_domain(name: str, paths: list[str], config: TrainConfig, seed: int,
+                twins: list[str] | None = None) -> SliceDataset:
+    """The loader of one domain's volumes with the run's data options (``twins``: the MV clean twins)."""
     for p in paths:
         if not Path(p).exists():
             raise InputError(f"{name} training data '{p}' does not exist")
@@ -401,7 +422,8 @@ def open_domain(name: str, paths: list[str], config: TrainConfig, seed: int) -> 
         sources, hu_window=tuple(config.hu_window), pixel_spacing_mm=tuple(config.pixel_spacing_mm),
         crop_size=config.crop_size, augment=config.augment, max_shift_px=config.max_shift_px,
         max_rotation_deg=config.max_rotation_deg, seed=seed, min_body_fraction=config.min_body_fraction,
-        max_slices=config.max_slices, field_truncation=config.field_truncation)
+        max_slices=config.max_slices, field_truncation=config.field_truncation,
+        twin_sources=list_volume_sources([Path(p) for p in twins]) if twins else None)
     if len(dataset) == 0:
         raise InputError(f"the {name} domain has no usable slices in {', '.join(map(str, paths))} "
                          f"(min_body_fraction {config.min_body_fraction})")

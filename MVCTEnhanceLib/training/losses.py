@@ -15,6 +15,7 @@ from typing import Callable
 
 import torch
 
+from ..engine.modelcard import hu_to_net_scale
 from .options import AIR_THRESHOLD_HU  # the air-loss option's default, written where every option is
 
 
@@ -76,9 +77,9 @@ def autoencoder_loss(x: torch.Tensor, x_reconstructed: torch.Tensor) -> torch.Te
 
 
 def air_threshold(hu_window: tuple[float, float], threshold_hu: float = AIR_THRESHOLD_HU) -> float:
-    """The air threshold C in the network range, through the same linear map as the model card."""
-    lo, hi = float(hu_window[0]), float(hu_window[1])
-    return 2.0 * (threshold_hu - lo) / (hi - lo) - 1.0
+    """The air threshold C in the network range, through the model card's mapping."""
+    a, b = hu_to_net_scale(hu_window)
+    return a * float(threshold_hu) + b
 
 
 def air_psi(x: torch.Tensor, threshold: float) -> torch.Tensor:

@@ -18,12 +18,14 @@ from typing import Any, Callable
 from ..engine.errors import InputError
 from ..engine.modelcard import STRIDE
 
-LOSS_NAMES = ("adversarial", "cycle", "identity", "perceptual", "autoencoder", "air")
+LOSS_NAMES = ("adversarial", "cycle", "identity", "perceptual", "autoencoder", "air", "denoise")
+#: The paper's losses; "denoise" (this project's, off in both: L1 between G(x) and the calibrated clean
+#: twin of a simulated MV slice) needs --mv-clean.
 PRESETS: dict[str, dict[str, float]] = {
     "proposed": {"adversarial": 1.0, "cycle": 10.0, "identity": 0.1, "perceptual": 10.0,
-                 "autoencoder": 1.0, "air": 1.0},
+                 "autoencoder": 1.0, "air": 1.0, "denoise": 0.0},
     "cyclegan": {"adversarial": 1.0, "cycle": 10.0, "identity": 0.1, "perceptual": 0.0,
-                 "autoencoder": 0.0, "air": 0.0},
+                 "autoencoder": 0.0, "air": 0.0, "denoise": 0.0},
 }
 LR_SCHEDULES = ("linear", "cosine", "constant")
 #: "paper": the generator's output is the image (the paper's unbounded translators); "bounded": the
@@ -89,6 +91,9 @@ class TrainConfig:
     kv: list[str] = _option(help="kV-CT volumes (other patients are fine: unpaired)", group=DATA, metavar="PATH")
     out_dir: str = _option(help="run folder (new, or the run to resume)", group=RUN, flags=("-o", "--output"),
                            metavar="RUN_DIR", required=True)
+    mv_clean: list[str] | None = _option(None, help="the clean twins of the MVCT volumes, file for file (simulated "
+                                         "without noise and artefacts: make-dataset --randomise's train_mv_clean); "
+                                         "needed by the denoise loss", group=DATA, metavar="PATH")
     preset: str = _option("proposed", help="loss weights: proposed = the paper's; cyclegan = a plain CycleGAN, "
                           "perceptual, autoencoder and air off", group=LOSSES, choices=tuple(PRESETS))
     # Loss weights: None takes the preset's value; 0 switches the loss off.
@@ -104,6 +109,8 @@ class TrainConfig:
                                           "preset's)", group=LOSSES, metavar="W")
     w_air: float | None = _option(None, help="weight of the air loss (0: off; default: the preset's)",
                                   group=LOSSES, metavar="W")
+    w_denoise: float | None = _option(None, help="weight of the denoise loss, |G(x) - C(clean twin of x)| (0: off; "
+                                      "default: the preset's)", group=LOSSES, metavar="W")
     air_threshold_hu: float = _option(AIR_THRESHOLD_HU, help="air threshold C of the air loss in HU", group=LOSSES)
     vgg_weights: str | None = _option(None, help="torchvision VGG16 state dict for the perceptual phi (default: "
                                       "the built-in fixed filter bank)", group=LOSSES, metavar="FILE")
@@ -220,6 +227,9 @@ class TrainConfig:
             problems.append("no MVCT training data given (--mv)")
         if need_sources and not self.kv:
             problems.append("no kV-CT training data given (--kv)")
+        if need_sources and w.get("denoise", 0) > 0 and not self.mv_clean:
+            problems.append("the denoise loss needs the MV slices' clean twins (--mv-clean, or --data with a "
+                            "make-dataset --randomise folder)")
         lo, hi = self.hu_window
         if not lo < hi:
             problems.append(f"hu_window must be (low, high) with low < high, got {self.hu_window}")

@@ -73,7 +73,9 @@ def make_config(out_dir: str | os.PathLike, *, resume: bool = False, data: str |
     if data is not None:
         if given.get("mv") or given.get("kv"):
             raise InputError("give either a dataset folder (--data) or --mv/--kv folders, not both")
-        given["mv"], given["kv"] = sources_from_dataset(data)
+        given["mv"], given["kv"], clean = sources_from_dataset(data)
+        if clean and "mv_clean" not in given:
+            given["mv_clean"] = clean
     config_path = Path(out_dir) / CONFIG_NAME
     if resume and config_path.is_file():
         base = load_run_config(out_dir).to_dict()
@@ -163,8 +165,9 @@ class _Trainer:
         resume_state = self._check_run_dir()
         self.phi = build_phi(config.vgg_weights).to(self.device) if weights["perceptual"] > 0 else None
         self.phi_description = self.phi.description if self.phi is not None else "none (perceptual loss off)"
+        twins = config.mv_clean if weights["denoise"] > 0 else None  # read the twins only when used
         self.mv_dataset = mv_dataset if mv_dataset is not None else open_domain("MVCT", config.mv, config,
-                                                                                config.seed)
+                                                                                config.seed, twins)
         self.kv_dataset = kv_dataset if kv_dataset is not None else open_domain("kV-CT", config.kv, config,
                                                                                 config.seed + 1)
         if self.main:  # only once every option and input has been checked
@@ -327,7 +330,7 @@ class _Trainer:
         return f
 
     def _fixed_samples(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return (self.mv_dataset[len(self.mv_dataset) // 2].unsqueeze(0),
+        return (self.mv_dataset[len(self.mv_dataset) // 2][:1].unsqueeze(0),  # without a clean twin
                 self.kv_dataset[len(self.kv_dataset) // 2].unsqueeze(0))
 
     def _save_sample(self) -> None:
@@ -372,7 +375,8 @@ class _Trainer:
                     lr_g, lr_d = self.gan.set_lr(self.iteration)
                     x = self.mv.next().to(self.device, non_blocking=True)
                     y = self.kv.next().to(self.device, non_blocking=True)
-                    values = self.gan.step(x, y)
+                    x, x_clean = (x[:, :1], x[:, 1:]) if x.shape[1] == 2 else (x, None)  # the clean twin
+                    values = self.gan.step(x, y, x_clean)
                     self.iteration += 1
                     self.elapsed += time.perf_counter() - t0
                     for k, v in values.items():
