@@ -330,6 +330,8 @@ def _add_export(sub: Any) -> None:
     p.add_argument("--model-version", default="1.0.0", help="model version in the card (default 1.0.0)")
     p.add_argument("--card-extra", metavar="JSON_FILE", help="a JSON object whose fields are added to the card "
                                                               "(e.g. {\"evaluation\": {...}})")
+    p.add_argument("--checkpoint", metavar="FILE", help="export this kept checkpoint (RUN_DIR/checkpoints/"
+                                                        "iteration_N.pt) instead of the latest")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model file")
     p.set_defaults(func=_cmd_export)
 
@@ -340,7 +342,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     extra = read_card_extra(args.card_extra) if args.card_extra else None
     exported = export_run(args.run, args.output, overwrite=args.overwrite, name=args.name,
-                          version=args.model_version, extra=extra)
+                          version=args.model_version, extra=extra, checkpoint=args.checkpoint)
     training = exported.card.extra.get("training", {})
     print(f"model     {exported.path} (sha256 {exported.sha256[:12]})")
     print(f"card      {exported.card.name} {exported.card.version}, {iterations_text(training)}, "

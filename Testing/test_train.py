@@ -449,3 +449,17 @@ def test_clean_twins_are_cropped_with_their_slices_and_feed_the_denoise_loss(tmp
     assert np.isfinite(read_loss_csv(tmp_path / "run" / "losses.csv")["denoise"]).all()
     with pytest.raises(InputError, match="clean twins"):
         TrainConfig(**{**cfg.to_dict(), "mv_clean": None, "out_dir": str(tmp_path / "x")}).validate()
+
+
+def test_kept_checkpoints_can_be_exported(tmp_path):
+    run = tmp_path / "kept"
+    train(tiny_config(run, iterations=4, checkpoint_every=2, keep_checkpoints=True), **data())
+    kept = sorted((run / "checkpoints").glob("iteration_*.pt"))
+    assert [p.name for p in kept] == ["iteration_0000002.pt", "iteration_0000004.pt"]
+    early = export_run(run, tmp_path / "early.pt", checkpoint=kept[0])
+    late = export_run(run, tmp_path / "late.pt")
+    assert early.card.extra["training"]["iterations"] == 2 and late.card.extra["training"]["iterations"] == 4
+    assert early.card.extra["training"]["checkpoint"] == "iteration_0000002.pt"
+    assert early.sha256 != late.sha256
+    with pytest.raises(InputError, match="does not exist"):
+        export_run(run, tmp_path / "x.pt", checkpoint=run / "checkpoints" / "nope.pt")

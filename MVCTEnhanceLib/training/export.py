@@ -30,16 +30,19 @@ class ExportedModel(NamedTuple):
     card: ModelCard
 
 
-def generator_from_run(run_dir: str | os.PathLike) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The MV->kV generator of a run's latest checkpoint and that checkpoint's iteration/config: the
-    paper's Dec_kV o Enc_MV, or a bounded run's :class:`.bounded.BoundedMVtoKV`."""
+def generator_from_run(run_dir: str | os.PathLike,
+                       checkpoint: str | os.PathLike | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The MV->kV generator of a run's latest checkpoint (or of ``checkpoint``, one the run kept) and
+    that checkpoint's iteration/config: the paper's Dec_kV o Enc_MV, or a bounded run's
+    :class:`.bounded.BoundedMVtoKV`."""
     run = Path(run_dir)
     if not run.is_dir():
         raise InputError(f"run folder '{run}' does not exist")
     config = load_run_config(run)
-    ckpt = run / CHECKPOINT_NAME
+    ckpt = Path(checkpoint) if checkpoint else run / CHECKPOINT_NAME
     if not ckpt.is_file():
-        raise InputError(f"run folder '{run}' has no {CHECKPOINT_NAME}; train (or resume) it first")
+        raise InputError(f"run folder '{run}' has no {ckpt.name}; train (or resume) it first" if not checkpoint
+                         else f"checkpoint '{ckpt}' does not exist")
     state = read_checkpoint(ckpt)
     translators = build_translators(config)
     try:
@@ -57,7 +60,8 @@ def _short_sources(summary: Any, keep: int = 3) -> Any:
     return summary
 
 
-def build_card(run_dir: str | os.PathLike, iteration: int, *, name: str = "mvctenhance-custom",
+def build_card(run_dir: str | os.PathLike, iteration: int, *, checkpoint: str | os.PathLike | None = None,
+               name: str = "mvctenhance-custom",
                version: str = "1.0.0", intended_use: str = DEFAULT_INTENDED_USE,
                extra: dict[str, Any] | None = None) -> ModelCard:
     """The model card of a run, from its config.json and run.json."""
@@ -69,7 +73,8 @@ def build_card(run_dir: str | os.PathLike, iteration: int, *, name: str = "mvcte
     training = {
         "preset": config.preset,
         "iterations": iteration,
-        "iterations_total": lineage_iterations(run / CHECKPOINT_NAME, iteration),
+        "iterations_total": lineage_iterations(Path(checkpoint) if checkpoint else run / CHECKPOINT_NAME, iteration),
+        "checkpoint": Path(checkpoint).name if checkpoint else CHECKPOINT_NAME,
         "iterations_planned": config.iterations,
         "status": info.get("status", "unknown"),
         "date_utc": info.get("updated_utc", "unknown"),
@@ -133,16 +138,17 @@ def read_card_extra(path: str | os.PathLike) -> dict[str, Any]:
 
 def export_run(run_dir: str | os.PathLike, output: str | os.PathLike, *, overwrite: bool = False,
                name: str = "mvctenhance-custom", version: str = "1.0.0",
-               intended_use: str = DEFAULT_INTENDED_USE, extra: dict[str, Any] | None = None) -> ExportedModel:
+               intended_use: str = DEFAULT_INTENDED_USE, extra: dict[str, Any] | None = None,
+               checkpoint: str | os.PathLike | None = None) -> ExportedModel:
     """Write the run's MV->kV generator and its card to ``output`` (TorchScript); returns path, sha256, card."""
     out = Path(output)
     if out.exists() and not overwrite:
         raise OutputError(f"model file '{out}' exists; pass --overwrite to replace it")
     if not out.parent.is_dir():
         raise OutputError(f"folder '{out.parent}' does not exist; create it first")
-    gen, meta = generator_from_run(run_dir)
-    card = build_card(run_dir, meta["iteration"], name=name, version=version, intended_use=intended_use,
-                      extra=extra)
+    gen, meta = generator_from_run(run_dir, checkpoint)
+    card = build_card(run_dir, meta["iteration"], checkpoint=checkpoint, name=name, version=version,
+                      intended_use=intended_use, extra=extra)
     card.architecture["parameters"] = sum(p.numel() for p in gen.parameters())
     with torch.no_grad():
         sha = save_model(gen, card, out, overwrite=overwrite)

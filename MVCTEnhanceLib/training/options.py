@@ -178,6 +178,8 @@ class TrainConfig:
     num_workers: int = _option(0, help="data loader workers", group=RUN, low=0, resumable=True)
     log_every: int = _option(10, help="iterations per losses.csv row", group=RUN, low=1, resumable=True)
     checkpoint_every: int = _option(500, help="iterations between checkpoints", group=RUN, low=1, resumable=True)
+    keep_checkpoints: bool = _option(False, help="keep every checkpoint as checkpoints/iteration_N.pt (to pick "
+                                     "one on validation data; export --checkpoint)", group=RUN, resumable=True)
     sample_every: int = _option(500, help="iterations between sample PNGs, 0: none", group=RUN, low=0,
                                 resumable=True)
     progress: bool = _option(True, help="progress bar", group=RUN, resumable=True)

@@ -20,6 +20,7 @@ from ..engine.files import read_json_object
 from .options import TrainConfig
 
 CHECKPOINT_NAME = "checkpoint.pt"
+KEPT_CHECKPOINTS = "checkpoints"  # --keep-checkpoints: iteration_N.pt, one per checkpoint
 CHECKPOINT_FORMAT = "mvctenhance-train-checkpoint"
 CHECKPOINT_VERSION = 1
 CONFIG_NAME = "config.json"

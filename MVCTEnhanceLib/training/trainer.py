@@ -29,6 +29,7 @@ import csv
 import datetime
 import json
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -48,8 +49,9 @@ from .cyclegan import CycleGAN
 from .data import DomainStream, dataset_summary, net_to_hu, open_domain, sources_from_dataset
 from .features import build_phi
 from .options import LOSS_NAMES, RESUMABLE_CHANGES, TrainConfig
-from .runfolder import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, CHECKPOINT_VERSION, CONFIG_NAME, LOSS_CSV, LOSS_PNG,
-                        RUN_NAME, SAMPLES_DIR, git_commit, lineage_iterations, load_run_config, read_checkpoint)
+from .runfolder import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, CHECKPOINT_VERSION, CONFIG_NAME, KEPT_CHECKPOINTS,
+                        LOSS_CSV, LOSS_PNG, RUN_NAME, SAMPLES_DIR, git_commit, lineage_iterations, load_run_config,
+                        read_checkpoint)
 
 
 class TrainingInterrupted(EnhanceCancelled):
@@ -269,6 +271,10 @@ class _Trainer:
         tmp = path.with_name(path.name + ".partial")
         torch.save(self._state(), str(tmp))
         os.replace(tmp, path)
+        if self.config.keep_checkpoints:
+            kept = self.run_dir / KEPT_CHECKPOINTS / f"iteration_{self.iteration:07d}.pt"
+            kept.parent.mkdir(exist_ok=True)
+            shutil.copyfile(path, kept)
 
     def _write_run_info(self, status: str, started: str) -> None:
         if not self.main:
