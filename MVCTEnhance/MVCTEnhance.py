@@ -160,6 +160,7 @@ class MVCTEnhanceParameterNode:
     """Everything the Enhance button uses; saved with the scene.
 
     inputVolume - the MVCT (HU). planningVolume - optional planning kV CT shown beside the result.
+    registerToPlanning - register the MVCT rigidly to the planning CT first (a transform node).
     modelPath - model file (.pt, TorchScript with its model card). device - auto, cpu, cuda, cuda:N or mps
     (the widget offers only those this computer has: it is bound in code, not through the .ui).
     batchSize - slices per batch (0: auto, 8 on CUDA, 2 on CPU). computeMetrics - DIG and NSelfSSIM maps and summaries.
@@ -170,6 +171,7 @@ class MVCTEnhanceParameterNode:
 
     inputVolume: vtkMRMLScalarVolumeNode
     planningVolume: vtkMRMLScalarVolumeNode
+    registerToPlanning: bool = False
     modelPath: Path
     device: str = _DEFAULTS.device
     batchSize: Annotated[int, WithinRange(0, 256)] = 0  # 0: the engine's choice for the device
@@ -296,6 +298,7 @@ class MVCTEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for widget in (self.ui.noiseSDSpinBox, self.ui.windowLowSpinBox, self.ui.windowHighSpinBox,
                        self.ui.overlayMapComboBox):
             widget.enabled = p.computeMetrics
+        self.ui.registerCheckBox.enabled = bool(p.planningVolume)
         # The last run's outputs (also after loading a saved scene): table and live overlay changes.
         self.ui.resultsTableView.setMRMLTableNode(p.resultsTable)
         self.logic.applyOverlay(p)
@@ -505,7 +508,7 @@ class MVCTEnhanceLogic(ScriptedLoadableModuleLogic):
     def _settingsOf(p: MVCTEnhanceParameterNode) -> dict[str, Any]:
         return dict(device=p.device, batchSize=p.batchSize, computeMetrics=p.computeMetrics, noiseSD=p.noiseSD,
                     nselfssimWindow=(p.nselfssimWindowLow, p.nselfssimWindowHigh), overlayMap=p.overlayMap,
-                    overlayOpacity=p.overlayOpacity)
+                    overlayOpacity=p.overlayOpacity, register=bool(p.registerToPlanning and p.planningVolume))
 
     def process(self, parameterNode: MVCTEnhanceParameterNode, progress: Optional[Callable[[float, str], None]] = None,
                 shouldCancel: Optional[Callable[[], bool]] = None,
@@ -549,8 +552,8 @@ class MVCTEnhanceLogic(ScriptedLoadableModuleLogic):
         """One blocking call: convert ``inputVolume`` and return the new nodes (EnhanceOutputs).
 
         ``modelPath`` defaults to the shipped model; ``settings`` are the parameter node's names
-        (device, batchSize, computeMetrics, noiseSD, nselfssimWindow, seed), the engine's defaults
-        otherwise. Raises MVCTEnhanceError subclasses for bad input, a bad model, or a cancel;
+        (device, batchSize, computeMetrics, noiseSD, nselfssimWindow, seed; register=True registers
+        the MVCT to ``planningVolume`` first), the engine's defaults otherwise. Raises MVCTEnhanceError subclasses for bad input, a bad model, or a cancel;
         nothing is added to the scene then.
         """
         import MVCTEnhanceMRML

@@ -20,6 +20,7 @@ from .engine.files import OutputSet, write_json
 from .engine.job import EnhanceSettings, ProgressFn, geometry_dict, run_enhance
 from .engine.metrics import assess
 from .engine.modelfile import file_sha256, load_model, read_card
+from .engine.registration import register_rigid
 from .engine.resources import default_model_path
 from .engine.version import __version__
 from .engine.volume import WRITE_EXTENSIONS, check_output_path, read_volume, write_volume
@@ -75,18 +76,24 @@ def enhance_file(input_path: str | os.PathLike, output: str | os.PathLike | None
                  model: str | os.PathLike | None = None, dig: str | os.PathLike | None = None,
                  nselfssim: str | os.PathLike | None = None, report: str | os.PathLike | None = None,
                  montage: str | os.PathLike | None = None, planning_ct: str | os.PathLike | None = None,
-                 tissue_change: str | os.PathLike | None = None,
+                 tissue_change: str | os.PathLike | None = None, register: bool = False,
                  settings: EnhanceSettings | None = None, output_type: str = "float32", overwrite: bool = False,
                  series_uid: str | None = None, progress: ProgressFn | None = None,
                  should_cancel: Callable[[], bool] | None = None) -> dict[str, Any]:
     """Convert one MVCT file with :func:`engine.job.run_enhance`; optionally write the DIG, NSelfSSIM
     and tissue-change maps, a JSON report and a PNG montage (MVCT | enhanced | planning CT | maps).
 
+    With ``register`` the MVCT is first registered rigidly to the planning CT
+    (:func:`engine.registration.register_rigid`); the transform is recorded in the report under
+    ``registration`` (the outputs stay on the MVCT's grid).
+
     Returns the report dictionary (also written to ``report`` when given).
     """
     t_start = time.perf_counter()
     if output is None:
         raise OutputError("no output path given")
+    if register and not planning_ct:
+        raise InputError("registration needs a planning CT: add --planning-ct FILE, or leave out --register")
     inputs = [str(input_path)] + ([str(planning_ct)] if planning_ct else [])
     if output_type not in ("float32", "int16"):
         raise OutputError(f"output type '{output_type}' is not supported; use float32 or int16")
@@ -102,6 +109,13 @@ def enhance_file(input_path: str | os.PathLike, output: str | os.PathLike | None
         volume = read_volume(input_path, series_uid=series_uid)
         planning = read_volume(planning_ct) if planning_ct else None
         loaded = load_model(model_path)
+        registration = None
+        if register:
+            if progress is not None:
+                progress("register", 0, 1)
+            registration = register_rigid(planning, volume)
+            if progress is not None:
+                progress("register", 1, 1)
         t_loaded = time.perf_counter()
         outcome = run_enhance(volume, loaded, planning, settings, progress, should_cancel)
         t_computed = time.perf_counter()
@@ -124,6 +138,8 @@ def enhance_file(input_path: str | os.PathLike, output: str | os.PathLike | None
         data["input"] = {"path": str(input_path), **data["input"]}
         if planning is not None:
             data["planning_ct"] = {"path": str(planning_ct), **data["planning_ct"]}
+        if registration is not None:
+            data["registration"] = registration.to_dict()
         data["outputs"] = {k: str(v) for k, v in paths.items()}
         data["output_type"] = output_type
         data["timings_s"] = {"load": round(t_loaded - t_start, 4), **data["timings_s"],

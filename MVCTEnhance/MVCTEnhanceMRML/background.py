@@ -20,8 +20,8 @@ from typing import Any, Callable
 from MVCTEnhanceLib.engine.errors import InputError, ModelError
 from MVCTEnhanceLib.engine.job import EnhanceSettings
 
-from .logic import (STAGE_WEIGHTS, EnhanceOutputs, _Stages, checkJobInputs, createOutputNodes, nodeReport,
-                    runParameters, settingsFromParameters)
+from .logic import (EnhanceOutputs, _Stages, checkJobInputs, createOutputNodes, jobStages,
+                    nodeReport, runParameters, settingsFromParameters)
 from .models import checkSHA256, unverifiedWarning
 from .nodes import volumeFromNode
 from .runner import BackgroundEnhance, BackgroundJobError
@@ -40,9 +40,7 @@ class BackgroundJob:
         self.overlayMap, self.overlayOpacity, self.register = overlayMap, overlayOpacity, register
         self.fraction, self.message = 0.0, "Starting the conversion process"
         self.history: list[tuple[float, str]] = []  # every progress step received, in order
-        self._progress = _Stages(self._setProgress, [
-            s for s in STAGE_WEIGHTS
-            if s == "enhance" or (settings.assess and (s == "metrics" or planningNode is not None))])
+        self._progress = _Stages(self._setProgress, jobStages(settings, planningNode is not None, register))
 
     def _setProgress(self, fraction: float, message: str) -> None:
         self.fraction, self.message = fraction, message
@@ -61,7 +59,7 @@ class BackgroundJob:
         """(progress 0..1, what runs, new log lines) since the last call."""
         lines = []
         for event in self.runner.poll():
-            if event.kind == "progress" and event.stage in STAGE_WEIGHTS:
+            if event.kind == "progress" and event.stage in self._progress.spans:
                 self._progress(event.stage, event.done, event.total)
             elif event.kind == "log":
                 lines.append(event.text)
@@ -88,6 +86,8 @@ class BackgroundJob:
                 self.runner.cancel()
                 raise
         results = self.runner.results(mask)
+        if self.register and results.registration is None:
+            raise BackgroundJobError("the background job did not report the registration it was asked for")
         if not self.verified:
             results.warnings.append(unverifiedWarning(self.modelPath))
         results.report = nodeReport({**results.report, "warnings": list(results.warnings)}, self.inputNode,
@@ -112,7 +112,7 @@ def startEnhanceInBackground(scene: Any, inputNode: Any, modelPath: str | os.Pat
     from MVCTEnhanceLib.engine.modelfile import file_sha256, read_card
 
     settings = settingsFromParameters(settings, **settingsOverrides)
-    overlayMap = checkJobInputs(scene, inputNode, planningNode, overlayMap, settings)
+    overlayMap = checkJobInputs(scene, inputNode, planningNode, overlayMap, settings, register)
     if modelPath is None or not str(modelPath).strip() or str(modelPath).strip() == ".":
         raise ModelError("no model file selected: choose a model file (.pt)")
     read_card(modelPath)  # a bad file is refused here, in words, not by the process

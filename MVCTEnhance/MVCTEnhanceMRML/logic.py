@@ -23,6 +23,7 @@ from MVCTEnhanceLib.engine.job import EnhanceSettings
 from . import display
 from .metricstable import fillTableNode, summaryRows
 from .models import checkSHA256, unverifiedWarning
+from .registration import applyRegistration, checkRegistrable
 from .nodes import ATTRIBUTE_PREFIX, checkScalarVolumeNode, fillVolumeNode, nodeDescription, volumeFromNode
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class EnhanceOutputs:
     seconds: float
     report: dict[str, Any]  # engine.job.Outcome.report(), with the nodes' names and IDs
     tissueChangeVolume: Any | None = None
+    registrationTransform: Any | None = None  # MVCT -> planning CT (rigid), when registration was asked
 
     def nodes(self) -> list[Any]:
         return [n for n in (self.enhancedVolume, self.digVolume, self.nselfssimVolume, self.tissueChangeVolume,
@@ -74,6 +76,7 @@ class JobResults:
     seconds: float
     report: dict[str, Any]
     parameters: dict[str, Any]
+    registration: dict[str, Any] | None = None  # engine.registration.RigidTransform.to_dict()
 
 
 def resultsFromOutcome(outcome: Any, report: dict[str, Any], parameters: dict[str, Any]) -> JobResults:
@@ -89,16 +92,22 @@ def resultsFromOutcome(outcome: Any, report: dict[str, Any], parameters: dict[st
     card = outcome.model.card
     return JobResults(outcome.result, maps, a.mask if a is not None else None, outcome.metrics, details,
                       list(outcome.warnings), modelInfo(card, outcome.model.sha256), outcome.enhanced.seconds,
-                      report, parameters)
+                      report, parameters, report.get("registration"))
 
 
 def modelInfo(card: Any, sha256: str) -> dict[str, str]:
     return {"name": card.name, "version": card.version, "sha256": sha256, "not_for_diagnosis": card.not_for_diagnosis}
 
 
-STAGE_MESSAGES = {"enhance": "Enhancing slices", "metrics": "Computing DIG and NSelfSSIM",
-                  "planning": "NSelfSSIM of the planning CT"}
-STAGE_WEIGHTS = {"enhance": 0.5, "metrics": 0.4, "planning": 0.1}
+STAGE_MESSAGES = {"register": "Registering the MVCT to the planning CT", "enhance": "Enhancing slices",
+                  "metrics": "Computing DIG and NSelfSSIM", "planning": "NSelfSSIM of the planning CT"}
+STAGE_WEIGHTS = {"register": 0.1, "enhance": 0.5, "metrics": 0.4, "planning": 0.1}
+
+
+def jobStages(settings: EnhanceSettings, planning: bool, register: bool) -> list[str]:
+    """The stages a job reports, in order."""
+    return [s for s in STAGE_WEIGHTS if (s == "register" and register) or s == "enhance"
+            or (settings.assess and (s == "metrics" or (s == "planning" and planning)))]
 
 
 class _Stages:
@@ -128,7 +137,7 @@ def enhanceVolumeNode(scene: Any, inputNode: Any, modelPath: str | os.PathLike |
                       overlayMap: str = "nselfssim", overlayOpacity: float = 0.5,
                       progress: ProgressFn | None = None, shouldCancel: CancelFn | None = None,
                       layoutHook: Callable[[Any], None] | None = None, models: Any = None,
-                      **settingsOverrides: Any) -> EnhanceOutputs:
+                      register: bool = False, **settingsOverrides: Any) -> EnhanceOutputs:
     """Convert ``inputNode`` (MVCT, HU) with ``engine.job.run_enhance`` and add the enhanced volume,
     quality maps and results table.
 
@@ -137,7 +146,9 @@ def enhanceVolumeNode(scene: Any, inputNode: Any, modelPath: str | os.PathLike |
     (``device``, ``batchSize``, ``precision``, ``computeMetrics``, ``noiseSD``, ``nselfssimWindow``,
     ``seed``). With ``models`` (a :class:`models.ModelLibrary`) the model file's sha256 must be the one
     its list records (ModelError otherwise), and a file outside the lists runs with a warning that it
-    is unverified. Raises :class:`MVCTEnhanceLib.engine.errors.MVCTEnhanceError` subclasses for anything
+    is unverified. ``register``: register the MVCT rigidly to the planning CT first
+    (``engine.registration``); the transform becomes a linear transform node that the MVCT and the
+    outputs observe. Raises :class:`MVCTEnhanceLib.engine.errors.MVCTEnhanceError` subclasses for anything
     the user can fix; :class:`EnhanceCancelled` when ``shouldCancel()`` returned True. Either way
     no node is left behind.
     """
@@ -145,7 +156,7 @@ def enhanceVolumeNode(scene: Any, inputNode: Any, modelPath: str | os.PathLike |
     from MVCTEnhanceLib.engine.modelfile import LoadedModel, load_model
 
     settings = settingsFromParameters(settings, **settingsOverrides)
-    overlayMap = checkJobInputs(scene, inputNode, planningNode, overlayMap, settings)
+    overlayMap = checkJobInputs(scene, inputNode, planningNode, overlayMap, settings, register)
     if isinstance(modelPath, LoadedModel):
         loaded = modelPath
     else:
@@ -157,8 +168,16 @@ def enhanceVolumeNode(scene: Any, inputNode: Any, modelPath: str | os.PathLike |
 
     mvct = volumeFromNode(inputNode, "input MVCT")
     planning = volumeFromNode(planningNode, "planning CT") if planningNode is not None else None
-    stages = _Stages(progress, [s for s in STAGE_WEIGHTS
-                                if s == "enhance" or (settings.assess and (s == "metrics" or planning is not None))])
+    stages = _Stages(progress, jobStages(settings, planning is not None, register))
+    registration = None
+    if register:
+        from MVCTEnhanceLib.engine.registration import register_rigid
+
+        stages("register", 0, 1)
+        registration = register_rigid(planning, mvct).to_dict()
+        stages("register", 1, 1)
+        if shouldCancel is not None and shouldCancel():
+            raise EnhanceCancelled("cancelled after the registration; nothing was created")
     outcome = run_enhance(mvct, loaded, planning, settings, stages, shouldCancel)
     if models is not None and models.expectedSHA256(loaded.path) is None:
         outcome.warnings.append(unverifiedWarning(loaded.path))
@@ -166,6 +185,8 @@ def enhanceVolumeNode(scene: Any, inputNode: Any, modelPath: str | os.PathLike |
         raise EnhanceCancelled("cancelled before the results were added to the scene; nothing was created")
 
     report = nodeReport(outcome.report(), inputNode, planningNode)
+    if registration is not None:
+        report["registration"] = registration
     parameters = runParameters(report, inputNode, planningNode, settings)
     outputs = createOutputNodes(scene, inputNode, planningNode, resultsFromOutcome(outcome, report, parameters),
                                 overlayMap, overlayOpacity, layoutHook)
@@ -175,7 +196,8 @@ def enhanceVolumeNode(scene: Any, inputNode: Any, modelPath: str | os.PathLike |
     return outputs
 
 
-def checkJobInputs(scene: Any, inputNode: Any, planningNode: Any, overlayMap: str, settings: EnhanceSettings) -> str:
+def checkJobInputs(scene: Any, inputNode: Any, planningNode: Any, overlayMap: str, settings: EnhanceSettings,
+                   register: bool = False) -> str:
     """Refuse what cannot run (InputError) before any work; returns the overlay to show."""
     if scene is None:
         raise InputError("no MRML scene given")
@@ -190,6 +212,8 @@ def checkJobInputs(scene: Any, inputNode: Any, planningNode: Any, overlayMap: st
         if planningNode is inputNode:
             raise InputError("the planning CT and the input MVCT are the same node: select the planning kV CT, "
                              "or no planning CT")
+    if register:
+        checkRegistrable(scene, inputNode, planningNode)
     return overlayMap
 
 
@@ -238,6 +262,7 @@ def createOutputNodes(scene: Any, inputNode: Any, planningNode: Any, results: Jo
     All or nothing: an error while making them removes every node this call added.
     """
     before = _nodeIDs(scene)
+    inputTransformID = inputNode.GetTransformNodeID()
     try:
         name = inputNode.GetName() or "MVCT"
         enhanced = _newVolume(scene, f"{name} enhanced", inputNode, results.result)
@@ -262,10 +287,15 @@ def createOutputNodes(scene: Any, inputNode: Any, planningNode: Any, results: Jo
                 _annotate(node, role, inputNode, results.model, results.warnings, results.parameters)
         enhanced.SetAttribute(ATTRIBUTE_PREFIX + "Report", json.dumps(results.report, default=json_default))
         _placeBesideInput(scene, inputNode, outputs.nodes())
+        if results.registration is not None:  # the one change to the input node: its transform
+            outputs.registrationTransform = applyRegistration(scene, inputNode, planningNode, results.registration,
+                                                              outputs.nodes())
         reference = planningNode if planningNode is not None else inputNode
         display.setupComparisonViews(scene, enhanced, mapNodes.get(overlayMap), reference, overlayOpacity, layoutHook)
         return outputs
     except BaseException:
+        if inputNode.GetTransformNodeID() != inputTransformID:
+            inputNode.SetAndObserveTransformNodeID(inputTransformID)
         _removeNewNodes(scene, before)
         raise
 

@@ -262,7 +262,7 @@ class BackgroundEnhance:
                  "not_for_diagnosis": card.get("not_for_diagnosis", "")}
         return JobResults(result, maps, mask if maps else None, metrics, details, list(report.get("warnings", [])),
                           model, float(report.get("timings_s", {}).get("enhance", 0.0)), report,
-                          parameters or {})
+                          parameters or {}, report.get("registration"))
 
     def _removeWorkDir(self) -> None:
         if self.workDir is not None:
