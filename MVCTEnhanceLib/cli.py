@@ -141,6 +141,8 @@ def _add_enhance(sub: Any) -> None:
     p.add_argument("--montage", help="write a PNG montage (MVCT | enhanced | planning CT | DIG | NSelfSSIM) here")
     p.add_argument("--planning-ct", help="planning CT of the same patient: its NSelfSSIM is reported as the "
                                          "reference and its nearest slice is shown in the montage")
+    p.add_argument("--dicom-dir", help="also write the enhanced volume as a DICOM CT series (derived, new UIDs, "
+                                       "referencing a DICOM input, 'not for diagnosis') into this new or empty folder")
     p.add_argument("--register", action="store_true",
                    help="register the MVCT rigidly to --planning-ct first (mutual information); the transform "
                         "(LPS, MVCT -> planning CT) goes into the report")
@@ -191,7 +193,7 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
         report = enhance_file(args.input, outputs["output"], model=args.model, dig=outputs["dig"],
                               nselfssim=outputs["nselfssim"], report=outputs["report"], montage=outputs["montage"],
                               planning_ct=args.planning_ct, tissue_change=outputs["tissue_change"],
-                              register=args.register,
+                              register=args.register, dicom_dir=args.dicom_dir,
                               settings=_settings(args), output_type=args.output_type,
                               overwrite=args.overwrite, series_uid=args.series_uid, progress=bars)
     finally:
@@ -217,6 +219,8 @@ def _print_enhance_summary(report: dict[str, Any]) -> None:
         dig = m.get("dig", {}).get("output")
         if dig:
             print(f"DIG in body: mean {dig['mean']:.4g}, median {dig['median']:.4g}, p95 {dig['p95']:.4g} HU^2/mm^2")
+    if report.get("dicom"):
+        print(f"DICOM     {report['dicom']['files']} files, series {report['dicom']['series_instance_uid']}")
     reg = report.get("registration")
     if reg:
         shift = reg["translation_mm"]

@@ -20,6 +20,7 @@ from .engine.files import OutputSet, write_json
 from .engine.job import EnhanceSettings, ProgressFn, geometry_dict, run_enhance
 from .engine.metrics import assess
 from .engine.modelfile import file_sha256, load_model, read_card
+from .engine.dicomwrite import dicom_summary, source_headers, write_dicom_series
 from .engine.registration import register_rigid
 from .engine.resources import default_model_path
 from .engine.version import __version__
@@ -63,6 +64,13 @@ def _check_outputs(outputs: dict[str, str | os.PathLike | None], overwrite: bool
     return checked
 
 
+def _not_an_input(path: Path, inputs: list[str]) -> None:
+    for given in inputs:
+        source = Path(given).resolve()
+        if path.resolve() == source or source.is_relative_to(path.resolve()):
+            raise OutputError(f"DICOM folder '{path}' holds an input ('{given}'); give a new or empty folder")
+
+
 def _require_matplotlib() -> None:
     # Checked with the output paths, before any work: Slicer's Python does not ship matplotlib.
     try:
@@ -77,11 +85,16 @@ def enhance_file(input_path: str | os.PathLike, output: str | os.PathLike | None
                  nselfssim: str | os.PathLike | None = None, report: str | os.PathLike | None = None,
                  montage: str | os.PathLike | None = None, planning_ct: str | os.PathLike | None = None,
                  tissue_change: str | os.PathLike | None = None, register: bool = False,
+                 dicom_dir: str | os.PathLike | None = None,
                  settings: EnhanceSettings | None = None, output_type: str = "float32", overwrite: bool = False,
                  series_uid: str | None = None, progress: ProgressFn | None = None,
                  should_cancel: Callable[[], bool] | None = None) -> dict[str, Any]:
     """Convert one MVCT file with :func:`engine.job.run_enhance`; optionally write the DIG, NSelfSSIM
     and tissue-change maps, a JSON report and a PNG montage (MVCT | enhanced | planning CT | maps).
+
+    ``dicom_dir``: also write the enhanced volume as a DICOM CT series into this (new or empty)
+    folder (:func:`engine.dicomwrite.write_dicom_series`: derived, referencing a DICOM input, "not for
+    diagnosis"), moved into place with the other outputs.
 
     With ``register`` the MVCT is first registered rigidly to the planning CT
     (:func:`engine.registration.register_rigid`); the transform is recorded in the report under
@@ -101,6 +114,9 @@ def enhance_file(input_path: str | os.PathLike, output: str | os.PathLike | None
         paths = _check_outputs({"output": output, "dig": dig, "nselfssim": nselfssim, "tissue_change": tissue_change,
                                 "report": report, "montage": montage}, overwrite, inputs, outputs,
                                " or use --output-dir")
+        if dicom_dir is not None:
+            paths["dicom_dir"] = outputs.add(dicom_dir, "DICOM folder", validate=lambda p: _not_an_input(p, inputs),
+                                             folder_output=True)
         model_path = Path(model) if model else default_model_path()
         settings = settings or EnhanceSettings()
         if not (dig or nselfssim or tissue_change or report or montage):
@@ -108,6 +124,7 @@ def enhance_file(input_path: str | os.PathLike, output: str | os.PathLike | None
 
         volume = read_volume(input_path, series_uid=series_uid)
         planning = read_volume(planning_ct) if planning_ct else None
+        dicom_source = source_headers(input_path, series_uid) if dicom_dir is not None else []
         loaded = load_model(model_path)
         registration = None
         if register:
@@ -126,6 +143,11 @@ def enhance_file(input_path: str | os.PathLike, output: str | os.PathLike | None
             write_volume(assessment.dig, outputs.stage(paths["dig"]))
         if assessment is not None and "nselfssim" in paths:
             write_volume(assessment.nselfssim_output, outputs.stage(paths["nselfssim"]))
+        dicom_files = []
+        if "dicom_dir" in paths:
+            dicom_files = write_dicom_series(
+                outcome.result, outputs.stage(paths["dicom_dir"]), source=dicom_source,
+                derivation=f"Model {loaded.card.name} {loaded.card.version} (sha256 {loaded.sha256[:16]}...).")
         if assessment is not None and "tissue_change" in paths:
             write_volume(assessment.tissue_change, outputs.stage(paths["tissue_change"]))
         if assessment is not None and "montage" in paths:
@@ -140,6 +162,8 @@ def enhance_file(input_path: str | os.PathLike, output: str | os.PathLike | None
             data["planning_ct"] = {"path": str(planning_ct), **data["planning_ct"]}
         if registration is not None:
             data["registration"] = registration.to_dict()
+        if dicom_files:
+            data["dicom"] = dicom_summary(dicom_files)
         data["outputs"] = {k: str(v) for k, v in paths.items()}
         data["output_type"] = output_type
         data["timings_s"] = {"load": round(t_loaded - t_start, 4), **data["timings_s"],

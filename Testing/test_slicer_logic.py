@@ -620,3 +620,13 @@ def test_missing_requirements_are_found_and_installs_need_consent(tmp_path):
     assert dependencies.ensurePackages(satisfied, lambda message: False, False, installed.extend) == []
     assert dependencies.torchProblem() == ""  # torch 2.13 here
     assert "too old" in dependencies.torchProblem(">=99")
+
+
+def test_the_enhanced_volume_is_prefilled_for_slicers_dicom_export(run):
+    """Slicer's export dialog reads 'DICOM.<tag>' subject hierarchy attributes of the series item."""
+    shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(run["scene"])
+    item = shNode.GetItemByDataNode(run["outputs"].enhancedVolume)
+    assert item
+    get = lambda tag: shNode.GetItemAttribute(item, "DICOM." + tag)  # noqa: E731
+    assert "NOT FOR DIAGNOSIS" in get("SeriesDescription") and len(get("SeriesDescription")) <= 64
+    assert get("Modality") == "CT" and get("Model") == "mvctenhance-tiny-test 0.1.0"

@@ -286,6 +286,7 @@ def createOutputNodes(scene: Any, inputNode: Any, planningNode: Any, results: Jo
             if node is not None:
                 _annotate(node, role, inputNode, results.model, results.warnings, results.parameters)
         enhanced.SetAttribute(ATTRIBUTE_PREFIX + "Report", json.dumps(results.report, default=json_default))
+        presetDicomExport(scene, enhanced, results.model)
         _placeBesideInput(scene, inputNode, outputs.nodes())
         if results.registration is not None:  # the one change to the input node: its transform
             outputs.registrationTransform = applyRegistration(scene, inputNode, planningNode, results.registration,
@@ -341,6 +342,27 @@ def _placeBesideInput(scene: Any, inputNode: Any, nodes: list[Any]) -> None:
         item = shNode.GetItemByDataNode(node)
         if item and parent:
             shNode.SetItemParent(item, parent)
+
+
+#: Series tags the DICOM module's export dialog starts from for the enhanced volume (subject hierarchy
+#: attributes "DICOM.<tag>": the dialog reads them), so an export says what the image is.
+DICOM_EXPORT_TAGS = {"SeriesDescription": "MVCT Enhance kV-like CT - NOT FOR DIAGNOSIS", "Modality": "CT",
+                     "Manufacturer": "MVCT Enhance (research software)"}
+
+
+def presetDicomExport(scene: Any, node: Any, model: dict[str, str]) -> None:
+    """Pre-fill Slicer's DICOM export of ``node`` (Export to DICOM...): description, modality, model."""
+    import slicer
+
+    shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    if shNode is None:
+        return
+    # The application gives every data node an item; a scene without the GUI (batch) may not have one yet.
+    item = shNode.GetItemByDataNode(node) or shNode.CreateItem(shNode.GetSceneItemID(), node)
+    prefix = slicer.vtkMRMLSubjectHierarchyConstants.GetDICOMAttributePrefix()
+    tags = {**DICOM_EXPORT_TAGS, "Model": f"{model['name']} {model['version']}"[:64]}
+    for tag, value in tags.items():
+        shNode.SetItemAttribute(item, prefix + tag, value)
 
 
 def _nodeIDs(scene: Any) -> set[str]:

@@ -195,15 +195,20 @@ class OutputSet:
         return None
 
     def add(self, path: str | os.PathLike, what: str = "output", example: str = "output.nrrd",
-            hint: str = "", validate: Callable[[Path], Any] | None = None) -> Path:
+            hint: str = "", validate: Callable[[Path], Any] | None = None, folder_output: bool = False) -> Path:
         """Reserve ``path`` for this set after checking it and its folder; returns it as a Path.
 
         ``what`` names the output in messages; ``example`` is a file name suggested when ``path`` is a
         folder, ``hint`` an alternative added to that message (e.g. " or use --output-dir");
         ``validate(path)`` runs the caller's own checks (extension, not an input) after that one.
+        ``folder_output``: the output is a folder of files (a DICOM series), written into the folder
+        :meth:`stage` names and moved into place whole; an existing empty folder is taken as free.
         """
         p = Path(path)
-        if p.is_dir():
+        if folder_output:
+            if p.exists() and not p.is_dir():
+                raise OutputError(f"{what} '{p}' is a file; give a folder (new or empty) for it")
+        elif p.is_dir():
             raise OutputError(f"{what} '{p}' is a folder; give a file name such as '{p / example}'{hint}")
         if validate is not None:
             validate(p)
@@ -215,7 +220,7 @@ class OutputSet:
         key = p.resolve()
         if key in self._targets:
             raise OutputError(f"'{p}' is given for two outputs; give each output its own path")
-        if p.exists() and not self.overwrite:
+        if p.exists() and not self.overwrite and not (folder_output and not any(p.iterdir())):
             raise OutputError(f"{what} '{p}' exists; use --overwrite (overwrite=True) to replace it")
         self._staging_folder(key.parent, folder)
         self._targets[key] = p
@@ -234,7 +239,8 @@ class OutputSet:
         return staging
 
     def stage(self, path: str | os.PathLike) -> Path:
-        """Where to write the content of target ``path`` (added before): a file in the staging folder."""
+        """Where to write the content of target ``path`` (added before): a file (or, for a folder output,
+        a folder the caller creates) in the staging folder."""
         key = Path(path).resolve()
         if key not in self._targets:
             raise OutputError(f"'{path}' was not added to this output set")  # a bug of the caller
@@ -250,9 +256,9 @@ class OutputSet:
             _test_pause("commit")
             with _Shielded():
                 moves = [(f, folder / f.name) for folder, staging in self._staging.items()
-                         for f in sorted(staging.iterdir()) if f.is_file()]
+                         for f in sorted(staging.iterdir()) if f.is_file() or f.is_dir()]
                 missing = [str(t) for k, t in self._targets.items()
-                           if not (self._staging[k.parent] / k.name).is_file()]
+                           if not (self._staging[k.parent] / k.name).exists()]
                 if missing:  # a caller that skipped an output it announced: a bug, never a partial set
                     raise OutputError(f"internal: no file was written for {', '.join(missing)}")
                 self._replace_together(moves)
@@ -288,6 +294,8 @@ class OutputSet:
         except (OSError, _Rollback) as exc:
             failed = target
             for placed, backup in reversed(done):
+                if placed.is_dir() and not placed.is_symlink():  # a folder output (moved aside, never linked)
+                    shutil.rmtree(placed, ignore_errors=True)
                 if backup is not None:
                     os.replace(backup, placed)
                 else:
