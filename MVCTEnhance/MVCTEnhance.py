@@ -86,7 +86,8 @@ class MVCTEnhance(ScriptedLoadableModule):
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Radiotherapy"),
                                   translate("qSlicerAbstractCoreModule", "Filtering")]
         self.parent.dependencies = []  # PyTorchUtils is used when present (EXTENSION_DEPENDS PyTorch)
-        self.parent.contributors = ["MVCTEnhance developers"]
+        # The maintainers' own names go here when the project is published ("First Last (Role, Affiliation)").
+        self.parent.contributors = ["MVCTEnhance maintainers (Development and maintenance)"]
         self.parent.helpText = _("""
 Converts a noisy megavoltage CT (MVCT, e.g. from a helical tomotherapy unit) into a kV-CT-like image in
 Hounsfield units with a generator trained as an extended CycleGAN, slice by slice, keeping the input's
@@ -306,21 +307,24 @@ class MVCTEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._showDevices(p.device)
         self._showModels(p.modelPath)
 
-    def _showModels(self, current: Any) -> None:
-        """The model box: the library's models; a file outside it appears as 'other file'."""
-        entries = [(str(m.path), m.label) for m in self.logic.models.models()]
-        current = str(current) if self.logic.isUsableModelPath(current) else ""
-        if current and current not in [path for path, _ in entries]:
-            entries.append((current, _("other file: {name} (unverified)").format(name=Path(current).name)))
-        combo = self.ui.modelComboBox
+    @staticmethod
+    def _fillComboBox(combo, entries: list[tuple[str, str]], current: str, shown: list[str]) -> list[str]:
+        """Show (value, label) ``entries`` in ``combo`` with ``current`` selected; returns the values."""
+        values = [value for value, _label in entries]
         wasBlocked = combo.blockSignals(True)
-        if [path for path, _ in entries] != self._modelPaths:
+        if values != shown:
             combo.clear()
-            for _path, label in entries:
+            for _value, label in entries:
                 combo.addItem(label)
-            self._modelPaths = [path for path, _ in entries]
-        combo.currentIndex = self._modelPaths.index(current) if current in self._modelPaths else -1
+        combo.currentIndex = values.index(current) if current in values else -1
         combo.blockSignals(wasBlocked)
+        return values
+
+    def _showModels(self, current: Any) -> None:
+        from MVCTEnhanceMRML.models import modelChoices
+
+        entries = modelChoices(self.logic.models, current)
+        self._modelPaths = self._fillComboBox(self.ui.modelComboBox, entries, str(current or ""), self._modelPaths)
 
     def onModelChosen(self, index: int) -> None:
         if self._parameterNode and 0 <= index < len(self._modelPaths):
@@ -335,19 +339,10 @@ class MVCTEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.modelPath = self.logic.importModel(path)
 
     def _showDevices(self, current: str) -> None:
-        """The device box lists only this computer's devices (auto with what it resolves to)."""
         from MVCTEnhanceMRML.devices import deviceChoices
 
-        choices = deviceChoices(current)
-        combo = self.ui.deviceComboBox
-        wasBlocked = combo.blockSignals(True)
-        if [value for value, _ in choices] != self._deviceValues:
-            combo.clear()
-            for _value, label in choices:
-                combo.addItem(label)
-            self._deviceValues = [value for value, _ in choices]
-        combo.currentIndex = self._deviceValues.index(current) if current in self._deviceValues else 0
-        combo.blockSignals(wasBlocked)
+        self._deviceValues = self._fillComboBox(self.ui.deviceComboBox, deviceChoices(current), current,
+                                                self._deviceValues)
 
     def onDeviceChanged(self, index: int) -> None:
         if self._parameterNode and 0 <= index < len(self._deviceValues):
@@ -601,12 +596,33 @@ class MVCTEnhanceTest(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_sampleDataChecksums()
+        if not self._dependenciesReady():
+            return
         self.setUp()
         self.test_enhanceSample()
+        self.setUp()
+        self.test_backgroundJob()
         self.setUp()
         self.test_cancelLeavesSceneUnchanged()
         self.setUp()
         self.test_badInput()
+
+    def _dependenciesReady(self) -> bool:
+        """torch and the requirements: skipped with a clear message under --testing (never installs),
+        otherwise installed only after the user agrees."""
+        from MVCTEnhanceMRML.dependencies import selfTestReadiness
+
+        testing = slicer.app.testingEnabled()
+        reason = selfTestReadiness(resourceFile("requirements.txt"), None if testing else (
+            lambda message: slicer.util.confirmOkCancelDisplay(message, windowTitle=_("MVCT Enhance self-test"))),
+            testing, slicer.util.pip_install)
+        if not reason:
+            return True
+        logging.warning(reason)
+        if testing:
+            self.skipTest(reason)  # reported as skipped by the test runner, not as a failure
+        self.delayDisplay(reason)
+        return False
 
     def _tinyModel(self) -> Path:
         path = resourceFile(f"models/{TINY_MODEL_FILE}")
@@ -636,7 +652,6 @@ class MVCTEnhanceTest(ScriptedLoadableModuleTest):
         mvct, planning = self._loadSample()
         before = MVCTEnhanceMRML.nodeFingerprint(mvct)
         logic = MVCTEnhanceLogic()
-        logic.ensureDependencies(confirm=None)
 
         self.delayDisplay("Enhancing with the tiny test generator")
         fractions = []
@@ -670,6 +685,34 @@ class MVCTEnhanceTest(ScriptedLoadableModuleTest):
             yellow = layoutManager.sliceWidget("Yellow").mrmlSliceCompositeNode()
             self.assertEqual(yellow.GetBackgroundVolumeID(), planning.GetID())
         self.delayDisplay("Test passed")
+
+    def test_backgroundJob(self):
+        """What the Enhance button does: PythonSlicer runs the batch script; Cancel stops it at once."""
+        import time
+
+        mvct, planning = self._loadSample()
+        logic = MVCTEnhanceLogic()
+        p = logic.getParameterNode()
+        p.inputVolume, p.planningVolume, p.modelPath, p.device = mvct, planning, self._tinyModel(), "cpu"
+        self.delayDisplay("Enhancing in a PythonSlicer process")
+        job = logic.startInBackground(p)
+        while job.state == "running":
+            job.poll()
+            slicer.app.processEvents()
+            time.sleep(0.1)
+        self.assertEqual(job.state, "finished", job.error)
+        outputs = logic.finishInBackground(p, job)
+        self.assertIs(p.enhancedVolume, outputs.enhancedVolume)
+        self.assertIsNotNone(outputs.tissueChangeVolume)
+
+        ids = sorted(slicer.mrmlScene.GetNthNode(i).GetID() for i in range(slicer.mrmlScene.GetNumberOfNodes()))
+        job = logic.startInBackground(p)
+        started = time.monotonic()
+        job.cancel()
+        self.assertLess(time.monotonic() - started, 1.0)
+        self.assertIsNotNone(job.runner.process.poll())
+        after = sorted(slicer.mrmlScene.GetNthNode(i).GetID() for i in range(slicer.mrmlScene.GetNumberOfNodes()))
+        self.assertEqual(ids, after)
 
     def test_cancelLeavesSceneUnchanged(self):
         from MVCTEnhanceLib.engine.errors import EnhanceCancelled

@@ -630,3 +630,39 @@ def test_the_enhanced_volume_is_prefilled_for_slicers_dicom_export(run):
     get = lambda tag: shNode.GetItemAttribute(item, "DICOM." + tag)  # noqa: E731
     assert "NOT FOR DIAGNOSIS" in get("SeriesDescription") and len(get("SeriesDescription")) <= 64
     assert get("Modality") == "CT" and get("Model") == "mvctenhance-tiny-test 0.1.0"
+
+
+def test_self_test_skips_under_testing_and_asks_before_installing(tmp_path):
+    """The module's self-test: what it does when torch or a package is missing (the build server has no torch)."""
+    from MVCTEnhanceMRML import dependencies
+
+    ok = tmp_path / "ok.txt"
+    ok.write_text("numpy>=1.0\n")
+    missing = tmp_path / "missing.txt"
+    missing.write_text("mvctenhance-no-such-package>=1\n")
+    installed, asked = [], []
+    assert dependencies.selfTestReadiness(ok, None, True, installed.extend) == ""  # all there: run
+    reason = dependencies.selfTestReadiness(missing, None, True, installed.extend)
+    assert reason.startswith("MVCT Enhance self-test skipped: missing Python packages: mvctenhance-no-such-package>=1")
+    assert "--testing" in reason and installed == []
+    reason = dependencies.selfTestReadiness(missing, lambda m: asked.append(m) or False, False, installed.extend)
+    assert reason.startswith("MVCT Enhance self-test not run:") and installed == []
+    assert asked and "mvctenhance-no-such-package" in asked[0]  # asked, refused, nothing installed
+    assert dependencies.selfTestReadiness(missing, lambda m: True, False, installed.extend) == ""
+    assert installed == ["mvctenhance-no-such-package>=1"]  # installed only after consent
+    # Without torch (a fresh Slicer, the extension build server): skipped with a clear message.
+    code = ("import sys; sys.modules['torch'] = None; sys.path.insert(0, %r)\n"
+            "from MVCTEnhanceMRML import dependencies\n"
+            "print(dependencies.selfTestReadiness(None, None, True, print))\n" % str(REPO / "MVCTEnhance"))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("MVCT Enhance self-test skipped: PyTorch is not available.")
+
+
+def test_screenshot_script_renders_the_module_views(tmp_path):
+    out = tmp_path / "shot.png"
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "make_screenshot.py"), "--model", str(TINY_MODEL),
+                           "--out", str(out), "--size", "96"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    data = out.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000

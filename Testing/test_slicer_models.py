@@ -155,3 +155,14 @@ def test_the_card_is_read_once_per_file_version(tmp_path):
 def test_user_folder_is_beside_slicers_settings():
     assert models.userModelsFolder("/home/u/.config/slicer.org/Slicer.ini") == Path(
         "/home/u/.config/slicer.org/MVCTEnhance/models")
+
+
+def test_model_box_entries(tmp_path):
+    library = models.ModelLibrary(SHIPPED, tmp_path / "user")
+    entries = models.modelChoices(library, TINY)
+    assert [label for _, label in entries] == ["mvctenhance-default 1.1.0 (shipped)",
+                                               "mvctenhance-tiny-test 0.1.0 (shipped, UNTRAINED test model)"]
+    loose = tmp_path / "loose.pt"
+    write_tiny_model(loose, seed=9)
+    assert models.modelChoices(library, loose)[-1] == (str(loose), "other file: loose.pt (unverified)")
+    assert models.modelChoices(library, tmp_path / "missing.pt") == entries

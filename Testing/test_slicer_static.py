@@ -181,6 +181,42 @@ def test_resources_listed_in_cmake_exist():
     assert "Resources/models/mvctenhance-default.pt" in moduleCMake.read_text()  # shipped when present
 
 
+def _cmakeValue(text: str, key: str) -> str:
+    match = re.search(rf'^set\({key} "([^"]*)"\)', text, re.M)
+    assert match, f"{key} is not set in CMakeLists.txt"
+    return match.group(1)
+
+
+def test_extension_metadata_the_index_accepts():
+    """Homepage, icon and screenshot are files of this repository behind one base URL (empty until the
+    project is published, never a made-up address); contributors come as 'Name (Role)'."""
+    text = (REPO / "CMakeLists.txt").read_text()
+    base = _cmakeValue(text, "MVCTENHANCE_REPOSITORY_URL")
+    assert base == "" or (base.startswith("https://") and not base.endswith("/")
+                          and not re.search(r"example|placeholder|<|mvctenhance/MVCTEnhance", base))
+    for key, prefix, suffix in (("EXTENSION_HOMEPAGE", "${MVCTENHANCE_PAGE_BASE}", ".md"),
+                                ("EXTENSION_ICONURL", "${MVCTENHANCE_FILE_BASE}", ".png"),
+                                ("EXTENSION_SCREENSHOTURLS", "${MVCTENHANCE_FILE_BASE}", ".png")):
+        value = _cmakeValue(text, key)
+        assert value.startswith(prefix) and value.endswith(suffix), value
+        assert (REPO / value[len(prefix):]).is_file(), f"{key} names {value[len(prefix):]}, which does not exist"
+    assert "https://" not in "".join(_cmakeValue(text, k) for k in ("EXTENSION_HOMEPAGE", "EXTENSION_ICONURL",
+                                                                  "EXTENSION_SCREENSHOTURLS"))
+    contributors = _cmakeValue(text, "EXTENSION_CONTRIBUTORS")
+    entry = r"[^,()]+ \([^()]+\)"
+    assert re.fullmatch(rf"{entry}(, {entry})*", contributors), contributors
+    assert contributors != "MVCTEnhance developers"
+    module = [ast.literal_eval(n.value) for c in _moduleTree().body if isinstance(c, ast.ClassDef)
+              for f in c.body if isinstance(f, ast.FunctionDef) and f.name == "__init__"
+              for n in ast.walk(f) if isinstance(n, ast.Assign) and ast.unparse(n.targets[0]) == "self.parent.contributors"]
+    assert module == [[c.strip() for c in contributors.split(", ")]]
+    assert (REPO / "LICENSE").is_file() and "Apache License" in (REPO / "LICENSE").read_text()[:2000]
+    screenshot = (REPO / "docs" / "slicer-screenshot.png").read_bytes()
+    assert screenshot[:8] == b"\x89PNG\r\n\x1a\n" and len(screenshot) < 400_000
+    width, height = int.from_bytes(screenshot[16:20], "big"), int.from_bytes(screenshot[20:24], "big")
+    assert width >= 800 and height >= 300
+
+
 def test_extension_cmake_metadata_and_pytorch_dependency():
     text = (REPO / "CMakeLists.txt").read_text()
     for key in ("EXTENSION_HOMEPAGE", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION", "EXTENSION_ICONURL",

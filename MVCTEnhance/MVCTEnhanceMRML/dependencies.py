@@ -134,3 +134,28 @@ def _pipEnsure() -> Callable[[list[str]], Any] | None:
             options = {k: v for k, v in {"requester": "MVCT Enhance", "prompt_install": False}.items() if k in accepted}
             return lambda requirements: helpers.pip_ensure([Requirement(r) for r in requirements], **options)
     return None
+
+
+def selfTestReadiness(requirementsPath: str | Path | None, confirm: ConfirmFn | None, testing: bool,
+                      pipInstall: Callable[[list[str]], Any], requirement: str = TORCH_REQUIREMENT) -> str:
+    """'' when the module's self-test can run; otherwise why not, for the test to skip with.
+
+    Under ``--testing`` nothing is ever installed: a missing torch or package gives the skip message
+    (the extension build server has no torch; CI installs it in a normal run first). Otherwise the
+    user is asked (``confirm``) before anything is installed, and a refusal is a skip too.
+    """
+    problem = torchProblem(requirement)
+    missing = missingRequirements(requirementsPath) if requirementsPath is not None else []
+    if not problem and not missing:
+        return ""
+    what = "; ".join(([problem] if problem else []) +
+                     ([f"missing Python packages: {', '.join(missing)}"] if missing else []))
+    if testing:
+        return (f"MVCT Enhance self-test skipped: {what} Installs are skipped in --testing mode: install PyTorch "
+                "(PyTorch Utils) and the module's requirements in a normal Slicer run first, as the CI workflow does.")
+    try:
+        ensureTorch(confirm, False, requirement)
+        ensurePackages(requirementsPath, confirm, False, pipInstall)
+    except DependencyError as exc:
+        return f"MVCT Enhance self-test not run: {exc}"
+    return ""

@@ -241,6 +241,16 @@ class ModelLibrary:
         return info, " ".join(warnings)
 
 
+def modelChoices(library: ModelLibrary, current: Any = None) -> list[tuple[str, str]]:
+    """(path, label) for the model box: the library's models, then ``current`` as an unverified
+    'other file' when it is a file outside the lists."""
+    entries = [(str(m.path), m.label) for m in library.models()]
+    current = str(current) if current is not None and str(current) not in ("", ".") else ""
+    if current and Path(current).is_file() and Path(current).resolve() not in [Path(p).resolve() for p, _ in entries]:
+        entries.append((current, f"other file: {Path(current).name} (unverified)"))
+    return entries
+
+
 def checkSHA256(path: str | os.PathLike, actual: str, expected: str | None) -> None:
     """ModelError when a listed model file's sha256 is not the listed one."""
     if expected is not None and actual.lower() != expected.lower():
