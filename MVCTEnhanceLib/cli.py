@@ -116,6 +116,12 @@ def _settings(args: argparse.Namespace) -> Any:
         extra = dict(batch_size=args.batch_size, precision=args.precision, resample=not args.no_resample)
     if getattr(args, "no_metrics", False):
         extra["assess"] = False
+    if getattr(args, "calibration", None):
+        from .engine.calibration import Calibration
+        from .engine.files import read_json_object
+
+        extra["calibration"] = Calibration.from_dict(read_json_object(args.calibration, "calibration file"),
+                                                     f"calibration file '{args.calibration}'").to_dict()
     return EnhanceSettings(device=args.device, metrics=metrics, **extra)
 
 
@@ -156,6 +162,8 @@ def _add_enhance(sub: Any) -> None:
     p.add_argument("--output-type", choices=("float32", "int16"), default="float32",
                    help="voxel type of the enhanced volume (int16: rounded, clipped)")
     p.add_argument("--series-uid", help="DICOM series to read when the input folder holds several")
+    p.add_argument("--calibration", metavar="FILE", help="MV->kV calibration JSON (mvct-enhance calibrate) replacing "
+                                                         "the model card's physics anchor (bounded models only)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--no-metrics", action="store_true",
                    help="convert only: no quality maps and no metric summaries in the report")
@@ -595,10 +603,46 @@ def _cmd_study_datasize(args: argparse.Namespace) -> int:
 
 
 # Each entry adds one subcommand; new commands add a line here (and their _add_/_cmd_ functions above).
+# -- calibrate -------------------------------------------------------------------------------------
+
+def _add_calibrate(sub: Any) -> None:
+    p = sub.add_parser("calibrate", help="an MV->kV HU calibration from the clinic's MVCT and planning-CT IVDTs",
+                       description="Compose the image-value-to-density tables (IVDT) every radiotherapy department "
+                                   "commissions: MVCT HU -> density -> planning-CT HU. Each table: one 'HU, density' "
+                                   "row per line (CSV or whitespace; '#' comments; a header line is allowed), density "
+                                   "in the same unit in both (relative electron density or mass density). Without "
+                                   "tables: the ICRU tissue points (the default anchor).")
+    p.add_argument("-o", "--output", required=True, help="calibration JSON to write")
+    p.add_argument("--mvct-ivdt", metavar="FILE", help="the MVCT's IVDT")
+    p.add_argument("--ct-ivdt", metavar="FILE", help="the planning CT's IVDT")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    p.set_defaults(func=_cmd_calibrate)
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from .engine.calibration import from_ivdt, read_ivdt, tissue_calibration
+    from .engine.files import OutputSet, write_json
+
+    if (args.mvct_ivdt is None) != (args.ct_ivdt is None):
+        raise MVCTEnhanceError("give both IVDTs (--mvct-ivdt and --ct-ivdt), or neither for the ICRU tissue points")
+    if args.mvct_ivdt:
+        cal = from_ivdt(read_ivdt(args.mvct_ivdt, "MVCT IVDT"), read_ivdt(args.ct_ivdt, "planning CT IVDT"),
+                        source=f"IVDTs: MVCT {args.mvct_ivdt}, planning CT {args.ct_ivdt}")
+    else:
+        cal = tissue_calibration()
+    with OutputSet(overwrite=args.overwrite) as outputs:
+        target = outputs.add(args.output, what="calibration", example="calibration.json")
+        write_json(cal.to_dict(), outputs.stage(target))
+    print(f"calibration {args.output}: {len(cal.mv_hu)} points, MV {cal.mv_hu[0]:g}..{cal.mv_hu[-1]:g} HU -> "
+          f"kV {cal.kv_hu[0]:g}..{cal.kv_hu[-1]:g} HU ({cal.source})")
+    return EXIT_OK
+
+
 COMMANDS: list[Callable[[Any], None]] = [
     _add_enhance,
     _add_metrics,
     _add_info,
+    _add_calibrate,
     _add_train,
     _add_export,
     _add_simulate,

@@ -102,3 +102,39 @@ def test_calibration_from_two_ivdts_composes_mv_to_density_to_kv(tmp_path):
         read_ivdt(tmp_path / "flat.csv", "MVCT IVDT")
     with pytest.raises(InputError, match="share no density"):
         from_ivdt([(0, 1.0), (100, 1.1)], [(0, 2.0), (100, 2.1)])
+
+
+def test_cli_calibrate_from_ivdts_and_enhance_with_that_calibration(tmp_path, capsys):
+    """A clinic's calibration replaces the card's anchor of a bounded model, and the report shows it."""
+    from MVCTEnhanceLib import cli
+    from MVCTEnhanceLib.engine.volume import write_volume
+
+    (tmp_path / "mv.csv").write_text("HU,density\n-1000,0.0\n-60,0.94\n0,1.0\n700,1.55\n")
+    (tmp_path / "kv.txt").write_text("-1000 0.0\n-90 0.94\n0 1.0\n1400 1.55\n")
+    cal_file = tmp_path / "cal.json"
+    assert cli.main(["calibrate", "--mvct-ivdt", str(tmp_path / "mv.csv"), "--ct-ivdt", str(tmp_path / "kv.txt"),
+                     "-o", str(cal_file)]) == 0
+    cal = Calibration.from_dict(json.loads(cal_file.read_text()))
+    np.testing.assert_allclose(cal.apply(np.array([-60.0, 700.0])), [-90.0, 1400.0], atol=1e-3)
+    assert cli.main(["calibrate", "--mvct-ivdt", str(tmp_path / "mv.csv"), "-o", str(tmp_path / "x.json")]) == 2
+    assert "give both IVDTs" in capsys.readouterr().err
+
+    model = tmp_path / "bounded.pt"
+    save_model(build_generator(ngf=4, n_enc_res=1, n_dec_res=1, seed=2), _bounded_card(), model)
+    arr = phantom_array((2, 40, 40), seed=6)
+    mvct = write_volume(Volume(arr), tmp_path / "mvct.nrrd")
+    report = tmp_path / "report.json"
+    assert cli.main(["enhance", str(mvct), "-o", str(tmp_path / "out.nrrd"), "--model", str(model), "--device", "cpu",
+                     "--calibration", str(cal_file), "--report", str(report)]) == 0
+    data = json.loads(report.read_text())
+    assert data["model"]["card"]["calibration"]["kv_hu"] == list(cal.kv_hu)  # the one used, not the shipped one
+    from MVCTEnhanceLib.engine.volume import read_volume
+
+    out = read_volume(tmp_path / "out.nrrd").array
+    assert np.abs(out - cal.apply(arr)).max() <= BOUND + 1e-3  # bounded around the clinic's anchor
+    tiny = tmp_path / "tiny.pt"
+    write_tiny_model(tiny)
+    assert cli.main(["enhance", str(mvct), "-o", str(tmp_path / "o2.nrrd"), "--model", str(tiny), "--device", "cpu",
+                     "--calibration", str(cal_file)]) == 2
+    assert "no physics anchor" in capsys.readouterr().err
+    assert not (tmp_path / "o2.nrrd").exists()

@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import EnhanceCancelled, InputError
 from .inference import EnhanceResult, enhance
-from .calibration import tissue_calibration
+from .calibration import Calibration, tissue_calibration
 from .metrics import Assessment, assess, body_mask
 from .modelfile import LoadedModel
 from .settings import EnhanceSettings, MetricSettings  # noqa: F401  (MetricSettings: part of the job's interface)
@@ -116,6 +116,15 @@ def model_warnings(loaded: LoadedModel) -> list[str]:
     return []
 
 
+def with_calibration(model: LoadedModel, calibration: Calibration) -> LoadedModel:
+    """``model`` with its card's physics anchor replaced (the report's card then shows the one used)."""
+    if model.card.anchor() is None:
+        raise InputError(f"model '{model.card.name}' has no physics anchor (its generator outputs the image, as the "
+                         "paper's does): a calibration applies only to bounded models")
+    card = dataclasses.replace(model.card, calibration=calibration.to_dict())
+    return model._replace(card=card)
+
+
 def tissue_change_warnings(summary: dict[str, Any]) -> list[str]:
     """A warning when the conversion changed the tissue class of more than a sliver of the body."""
     if summary["fraction"] <= TISSUE_CHANGE_WARN_FRACTION:
@@ -142,6 +151,8 @@ def run_enhance(volume: Volume, model: LoadedModel, planning: Volume | None = No
     settings = settings or EnhanceSettings()
     if not isinstance(model, LoadedModel):
         raise InputError(f"run_enhance() needs a loaded model (load_model(path)), got {type(model).__name__}")
+    if settings.calibration is not None:
+        model = with_calibration(model, Calibration.from_dict(settings.calibration, "the given calibration"))
     t0 = time.perf_counter()
     enhanced = enhance(volume, model, device=settings.device, batch_size=settings.batch_size,
                        precision=settings.precision, resample=settings.resample,

@@ -53,7 +53,11 @@ class EnhanceSettings:
     resample: bool = True                  # to the card's pixel spacing, and back
     assess: bool = True                    # DIG / NSelfSSIM maps and summaries
     metrics: MetricSettings = MetricSettings()
+    #: A clinic's MV -> kV calibration (engine.calibration.Calibration.to_dict()) replacing the card's
+    #: anchor of a bounded model (e.g. composed from its MVCT and planning-CT IVDTs); None: the card's.
+    calibration: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"device": self.device, "batch_size": self.batch_size, "precision": self.precision,
-                "resample": self.resample, "assess": self.assess, "metrics": self.metrics.to_dict()}
+                "resample": self.resample, "assess": self.assess, "metrics": self.metrics.to_dict(),
+                "calibration": self.calibration}
