@@ -638,11 +638,15 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS: list[Callable[[Any], None]] = [
+#: The commands of the runtime engine: all the 3D Slicer extension ships (MVCTEnhanceLib/engine, filejobs,
+#: cli); their parsers import nothing of training/, synth/ or study/.
+ENGINE_COMMANDS: list[Callable[[Any], None]] = [
     _add_enhance,
     _add_metrics,
     _add_info,
     _add_calibrate,
+]
+COMMANDS: list[Callable[[Any], None]] = ENGINE_COMMANDS + [
     _add_train,
     _add_export,
     _add_simulate,
@@ -652,20 +656,21 @@ COMMANDS: list[Callable[[Any], None]] = [
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(engine_only: bool = False) -> argparse.ArgumentParser:
+    """The ``mvct-enhance`` parser; ``engine_only``: just :data:`ENGINE_COMMANDS` (the Slicer batch script)."""
     parser = argparse.ArgumentParser(prog=PROG, description="MVCT -> kV-like CT conversion and quality maps. "
                                      "Not for diagnosis.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for add in COMMANDS:
+    for add in ENGINE_COMMANDS if engine_only else COMMANDS:
         add(sub)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: Sequence[str] | None = None, engine_only: bool = False) -> int:
+    parser = build_parser(engine_only)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format=f"{PROG}: %(message)s")
     committed_before = committed_sets()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -165,7 +166,8 @@ def test_every_python_file_is_listed_in_cmake_and_every_listed_file_exists():
     listed = ({MODULE_DIR / s for s in moduleScripts} | {REPO / s for s in libScripts}
               | {MODULE_DIR / "Testing" / "Python" / s for s in testScripts})
     present = {p for p in MODULE_DIR.rglob("*.py") if "__pycache__" not in p.parts}
-    present |= {p for p in (REPO / "MVCTEnhanceLib").rglob("*.py") if "__pycache__" not in p.parts}
+    lib = REPO / "MVCTEnhanceLib"  # Slicer ships the runtime engine and its file jobs/CLI, nothing above
+    present |= {lib / "__init__.py", lib / "cli.py", lib / "filejobs.py"} | set((lib / "engine").glob("*.py"))
     assert sorted(map(str, present - listed)) == [], "Python files missing from the CMake lists"
     assert sorted(map(str, listed - present)) == [], "CMake lists files that do not exist"
 
@@ -328,3 +330,35 @@ def test_github_workflow_is_valid_and_runs_the_self_tests_under_xvfb():
             assert "--testing" in runs[runs.rfind("Slicer", 0, runs.index(line)) - 200: runs.index(line)]
     assert runs.count("xvfb-run") >= 4
     assert json.dumps(workflow)  # plain data, no YAML anchors surprises
+
+
+def test_the_shipped_library_files_alone_run_the_batch_job(tmp_path):
+    """Install what CMake lists (no training/, synth/ or study/) as Slicer lays it out, and run the
+    batch script from there: the engine must not need a floor above it."""
+    import shutil
+    import subprocess
+    import sys
+
+    moduleCMake = MODULE_DIR / "CMakeLists.txt"
+    installed = tmp_path / "qt-scripted-modules"
+    for rel in _cmakeLists(moduleCMake, "MVCTENHANCELIB_PYTHON_SCRIPTS"):
+        (installed / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(REPO / rel, installed / rel)
+    for rel in _cmakeLists(moduleCMake, "MODULE_PYTHON_SCRIPTS"):
+        rel = rel.replace("${MODULE_NAME}", "MVCTEnhance")
+        (installed / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(MODULE_DIR / rel, installed / rel)
+    assert not (installed / "MVCTEnhanceLib" / "training").exists()
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, str(installed / "Scripts" / "mvct_enhance_batch.py"),
+                           "--input", str(REPO / "Resources/sample/sample_mvct.nrrd"), "--output-dir", str(out),
+                           "--model", str(REPO / "Resources/models/mvctenhance-tiny-test.pt"), "--device", "cpu",
+                           "--no-metrics"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (out / "sample_mvct_enhanced.nrrd").is_file()
+    imported = subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
+                               "import MVCTEnhanceLib.cli as c; print(c.__file__)", str(installed)],
+                              capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
+    assert str(installed) in imported.stdout  # the copy ran, not the checkout's package

@@ -6,7 +6,11 @@ from pathlib import Path
 repo = Path(__file__).resolve().parents[1]
 cm = repo / "MVCTEnhance/CMakeLists.txt"
 text = cm.read_text()
-libs = "\n".join(f"  {p.relative_to(repo).as_posix()}" for p in sorted((repo / "MVCTEnhanceLib").rglob("*.py")) if "__pycache__" not in p.parts)
+# What Slicer ships of the library: the runtime engine and the file jobs/CLI of its commands (the
+# trainer, the data factory and the study are the pip package's, not the extension's).
+lib = repo / "MVCTEnhanceLib"
+shipped = [lib / "__init__.py", lib / "cli.py", lib / "filejobs.py"] + sorted((lib / "engine").glob("*.py"))
+libs = "\n".join(f"  {p.relative_to(repo).as_posix()}" for p in shipped)
 text = re.sub(r"(set\(MVCTENHANCELIB_PYTHON_SCRIPTS\n).*?(\n  \))", lambda m: m.group(1) + libs + m.group(2), text, flags=re.S)
 module = repo / "MVCTEnhance"
 own = ["${MODULE_NAME}.py"] + [p.relative_to(module).as_posix() for folder in ("MVCTEnhanceMRML", "Scripts")

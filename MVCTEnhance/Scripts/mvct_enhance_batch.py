@@ -53,7 +53,7 @@ def main(argv: list[str]) -> int:
         parser.print_help()
         print("\nOptions of 'mvct-enhance enhance' (all accepted here; give the input with --input):\n")
         try:
-            cli.build_parser().parse_args(["enhance", "--help"])  # argparse prints the help, then exits
+            cli.build_parser(engine_only=True).parse_args(["enhance", "--help"])  # argparse prints the help, then exits
         except SystemExit:
             pass
         return cli.EXIT_OK
@@ -64,7 +64,7 @@ def main(argv: list[str]) -> int:
     if missing:
         print(f"mvct_enhance_batch.py: error: {missing}", file=sys.stderr)
         return EXIT_DEPENDENCY
-    return cli.main(["enhance", args.input, *rest])
+    return cli.main(["enhance", args.input, *rest], engine_only=True)  # Slicer ships the engine only
 
 
 def _missingDependencies() -> str:
