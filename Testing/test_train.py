@@ -388,7 +388,8 @@ def test_ddp_two_cpu_processes_end_with_identical_weights(tmp_path):
 
 # -- the bounded generator ------------------------------------------------------------------------------
 
-def test_bounded_generator_trains_exports_and_stays_within_its_bound(tmp_path):
+@pytest.mark.parametrize("architecture", ["encdec", "fullres"])
+def test_bounded_generator_trains_exports_and_stays_within_its_bound(tmp_path, architecture):
     """Starts exactly at its anchor (calibrated input + TV), learns, and its exported file is bounded."""
     from MVCTEnhanceLib.engine.calibration import tissue_calibration
     from MVCTEnhanceLib.engine.inference import enhance
@@ -398,7 +399,7 @@ def test_bounded_generator_trains_exports_and_stays_within_its_bound(tmp_path):
     run = tmp_path / "bounded"
     cfg = tiny_config(run, iterations=8, generator="bounded", max_change_hu=120.0, learned_change_hu=40.0,
                       anchor_tv_weight=15.0, anchor_tv_iterations=5, change_highpass_px=1.0,
-                      mv_cycle_smooth_px=1.5, lr_g=1e-3)
+                      mv_cycle_smooth_px=1.5, lr_g=1e-3, architecture=architecture, fullres_layers=2)
     from MVCTEnhanceLib.training.cyclegan import build_translators
 
     start = build_translators(cfg)
@@ -413,6 +414,7 @@ def test_bounded_generator_trains_exports_and_stays_within_its_bound(tmp_path):
     card = load_model(out).card
     assert card.bounded and card.max_change_hu == 120.0 and card.anchor() == tissue_calibration()
     assert card.architecture["type"].startswith("bounded") and exported.card.to_dict()["schema_version"] == 2
+    assert ("FullRes" in card.architecture["type"]) == (architecture == "fullres")
     arr = phantom_array((2, 40, 40), seed=3, noise_sd=40.0)
     result = enhance(Volume(arr), load_model(out), device="cpu")
     change = result.volume.array - tissue_calibration().apply(arr)

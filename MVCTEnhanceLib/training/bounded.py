@@ -29,7 +29,7 @@ from torch.nn import functional as F
 
 from ..engine.calibration import Calibration
 from ..engine.modelcard import hu_to_net_scale
-from .networks import Decoder, Encoder
+from .networks import Decoder, Encoder, FullResDecoder, FullResEncoder
 
 def rep(hu: torch.Tensor) -> torch.Tensor:
     """The two input channels of every translator: HU -1000..2000 -> [-1, 2] (bone) and a soft-tissue
@@ -117,7 +117,7 @@ class BoundedMVtoKV(nn.Module):
     """What a bounded model file holds: calibrated MVCT in the card's network range -> t in [-1, 1],
     the change divided by ``max_change_hu`` (the engine clamps t and multiplies it back)."""
 
-    def __init__(self, encoder: Encoder, decoder: Decoder, hu_window: tuple[float, float], max_change_hu: float,
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, hu_window: tuple[float, float], max_change_hu: float,
                  learned_change_hu: float, tv_weight: float, tv_iterations: int, highpass_px: float) -> None:
         super().__init__()
         self.encoder, self.decoder = encoder, decoder
@@ -148,12 +148,23 @@ class BoundedTranslators(nn.Module):
 
     def __init__(self, ngf: int, n_enc_res: int, n_dec_res: int, hu_window: tuple[float, float],
                  calibration: Calibration, max_change_hu: float, learned_change_hu: float, tv_weight: float,
-                 tv_iterations: int, highpass_px: float, noise_channel: bool) -> None:
+                 tv_iterations: int, highpass_px: float, noise_channel: bool, architecture: str = "encdec",
+                 fullres_layers: int = 3) -> None:
         super().__init__()
-        self.enc_mv = Encoder(2, ngf, n_enc_res)
-        self.dec_kv = Decoder(1, ngf, n_dec_res)
-        self.enc_kv = Encoder(3 if noise_channel else 2, ngf, n_enc_res)
-        self.dec_mv = Decoder(1, ngf, n_dec_res)
+        if architecture == "fullres":
+            def encoder(cin: int) -> nn.Module:
+                return FullResEncoder(cin, ngf, fullres_layers)
+
+            def decoder() -> nn.Module:
+                return FullResDecoder(1, ngf, fullres_layers)
+        else:
+            def encoder(cin: int) -> nn.Module:
+                return Encoder(cin, ngf, n_enc_res)
+
+            def decoder() -> nn.Module:
+                return Decoder(1, ngf, n_dec_res)
+        self.enc_mv, self.dec_kv = encoder(2), decoder()
+        self.enc_kv, self.dec_mv = encoder(3 if noise_channel else 2), decoder()
         for dec in (self.dec_kv, self.dec_mv):
             _zero_last_conv(dec)
         self.cal = PiecewiseLinear(calibration.mv_hu, calibration.kv_hu, calibration.mv_hu[0] <= -1000.0)

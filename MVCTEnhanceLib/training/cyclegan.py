@@ -21,7 +21,7 @@ from . import losses as L
 from ..engine.errors import InputError
 from ..engine.modelcard import hu_to_net_scale
 from .bounded import BoundedTranslators, GaussianBlur, PiecewiseLinear
-from .networks import Decoder, Encoder, Generator, PatchDiscriminator
+from .networks import Decoder, Encoder, FullResDecoder, FullResEncoder, Generator, PatchDiscriminator
 from .options import TrainConfig
 
 
@@ -29,12 +29,15 @@ class Translators(nn.Module):
     """Enc_MV, Dec_MV, Enc_kV, Dec_kV in one module, so DDP sees one forward per step;
     ``forward`` returns every image the losses need."""
 
-    def __init__(self, ngf: int, n_enc_res: int, n_dec_res: int) -> None:
+    def __init__(self, ngf: int, n_enc_res: int, n_dec_res: int, architecture: str = "encdec",
+                 fullres_layers: int = 3) -> None:
         super().__init__()
-        self.enc_mv = Encoder(1, ngf, n_enc_res)
-        self.dec_mv = Decoder(1, ngf, n_dec_res)
-        self.enc_kv = Encoder(1, ngf, n_enc_res)
-        self.dec_kv = Decoder(1, ngf, n_dec_res)
+        if architecture == "fullres":  # the same halves as a bounded fullres run: the bound is the difference
+            self.enc_mv, self.enc_kv = FullResEncoder(1, ngf, fullres_layers), FullResEncoder(1, ngf, fullres_layers)
+            self.dec_mv, self.dec_kv = FullResDecoder(1, ngf, fullres_layers), FullResDecoder(1, ngf, fullres_layers)
+        else:
+            self.enc_mv, self.enc_kv = Encoder(1, ngf, n_enc_res), Encoder(1, ngf, n_enc_res)
+            self.dec_mv, self.dec_kv = Decoder(1, ngf, n_dec_res), Decoder(1, ngf, n_dec_res)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, identity: bool = True,
                 autoencoder: bool = True) -> dict[str, torch.Tensor]:
@@ -70,8 +73,8 @@ def build_translators(config: TrainConfig) -> nn.Module:
         return BoundedTranslators(config.ngf, config.n_enc_res, config.n_dec_res, config.hu_window,
                                   calibration_of(config), config.max_change_hu, config.learned_change_hu,
                                   config.anchor_tv_weight, config.anchor_tv_iterations, config.change_highpass_px,
-                                  config.noise_channel)
-    return Translators(config.ngf, config.n_enc_res, config.n_dec_res)
+                                  config.noise_channel, config.architecture, config.fullres_layers)
+    return Translators(config.ngf, config.n_enc_res, config.n_dec_res, config.architecture, config.fullres_layers)
 
 
 class Discriminators(nn.Module):

@@ -113,6 +113,10 @@ def build_card(run_dir: str | os.PathLike, iteration: int, *, checkpoint: str | 
     if config.generator == "bounded":
         architecture["type"] = ("bounded: calibrated MVCT + clamp(TV(c) - c + L * highpass(Dec_kV o Enc_MV(rep(c))), "
                                 "+-max_change_hu)")
+    if config.architecture == "fullres":
+        architecture.update(type=architecture["type"].replace("Dec_kV o Enc_MV", "FullResDecoder_kV o FullResEncoder_MV"),
+                            fullres_layers=config.fullres_layers, receptive_field_px=4 * config.fullres_layers + 5)
+    if config.generator == "bounded":
         architecture["bounded"] = {"learned_change_hu": config.learned_change_hu, "tv_weight": config.anchor_tv_weight,
                                    "tv_iterations": config.anchor_tv_iterations,
                                    "highpass_px": config.change_highpass_px, "input_channels": "rep(HU): full range "

@@ -31,6 +31,9 @@ LR_SCHEDULES = ("linear", "cosine", "constant")
 #: "paper": the generator's output is the image (the paper's unbounded translators); "bounded": the
 #: calibrated input plus a change of at most max_change_hu (training.bounded).
 GENERATORS = ("paper", "bounded")
+#: The translators' halves: the paper's encoder/decoder (4x downsampling, shared latent at 1/4
+#: resolution) or full-resolution convolution stacks (networks.FullResEncoder).
+ARCHITECTURES = ("encdec", "fullres")
 #: Air threshold C of the air-region loss (talk): voxels below it are air.
 AIR_THRESHOLD_HU = -600.0
 
@@ -133,6 +136,11 @@ class TrainConfig:
     generator: str = _option("paper", help="paper: the output is the image (unbounded); bounded: the calibrated "
                              "MVCT plus a change of at most --max-change-hu, whatever the weights", group=NETWORKS,
                              choices=GENERATORS)
+    architecture: str = _option("encdec", help="the translators' halves: encdec (the paper's encoder and decoder) "
+                                "or fullres (full-resolution 3x3 convolution stacks, --ngf wide)",
+                                group=NETWORKS, choices=ARCHITECTURES)
+    fullres_layers: int = _option(3, help="fullres: 3x3 convolutions per half after the first (receptive field "
+                                  "4 N + 5 px)", group=NETWORKS, low=1)
     calibration: str | None = _option(None, help="MV->kV calibration JSON of a bounded generator (mvct-enhance "
                                       "calibrate; default: the ICRU tissue points)", group=NETWORKS, metavar="FILE")
     max_change_hu: float = _option(150.0, help="bounded: the most a voxel may move from its calibrated value (HU; "
