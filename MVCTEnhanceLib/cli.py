@@ -491,6 +491,14 @@ def _dig_pair(text: str) -> tuple[str, str]:
     return a, b
 
 
+def _ablation_pair(text: str) -> tuple[str, str]:
+    a, sep, b = text.partition(":")
+    if not sep or not a or not b:
+        raise argparse.ArgumentTypeError(f"an ablation pair is WITH:WITHOUT (e.g. proposed:proposed-unbounded), "
+                                         f"got '{text}'")
+    return a, b
+
+
 def _add_evaluate(sub: Any) -> None:
     p = sub.add_parser("evaluate", help="compare methods on a test set: CSV, Markdown report, figures",
                        description="Run every method on every case of a test set and write per_case.csv, "
@@ -498,14 +506,29 @@ def _add_evaluate(sub: Any) -> None:
                                    "tests, bootstrap CIs), box plots, a comparison montage and DIG/NSelfSSIM maps. "
                                    "Test set: a folder of <case>_mvct.nrrd (or <case>_mv.nrrd) files, each with an "
                                    "optional <case>_kv.nrrd (kV ground truth on the same grid, or a planning CT), "
-                                   "or a make-dataset folder.")
+                                   "or a make-dataset folder: then its test/ and every shift/<name>/ set are "
+                                   "evaluated (--sets to choose), with a headline table over the sets, a verdict per "
+                                   "claim of the talk and an ablation section.")
     p.add_argument("--test-set", required=True, metavar="DIR", help="test-set folder (or make-dataset OUTDIR)")
     p.add_argument("--methods", nargs="+", required=True, metavar="METHOD",
-                   help="in the protocol's order: mvct, nlm, tv, bm3d (optional package), NAME=MODEL_FILE ..., kv")
+                   help="in the protocol's order: mvct, nlm, tv, bm3d (optional package), calib, calib+tv, calib+nlm, "
+                        "calib+bm3d (the MV->kV tissue calibration, alone or with a denoiser), NAME=MODEL_FILE ..., kv")
+    sets = p.add_mutually_exclusive_group()
+    sets.add_argument("--sets", metavar="SET[,SET...]",
+                      help="sets of a make-dataset folder to evaluate: test, shift/NAME (or NAME), comma-separated "
+                           "(default: test and every shift set)")
+    sets.add_argument("--all-sets", action="store_true",
+                      help="evaluate test/ and every shift/<name>/ of a make-dataset folder (the default)")
+    p.add_argument("--ablation", nargs="+", type=_ablation_pair, metavar="WITH:WITHOUT",
+                   help="method pairs that differ by one component, e.g. proposed:proposed-unbounded calib:mvct "
+                        "(default by name: calib:mvct, calib+tv:tv, X:X-unbounded, proposed*:calib+tv)")
+    p.add_argument("--datasize", metavar="STUDY_DIR",
+                   help="a study-datasize folder: tests the talk's 'a few hundred slices suffice' (else: not tested)")
     p.add_argument("-o", "--output", required=True, metavar="REPORT_DIR", help="report folder (created if missing)")
     p.add_argument("--validation", metavar="DIR",
-                   help="folder (same convention) with the case the denoisers are tuned on; default: the "
-                        "make-dataset folder's validation/, else a case simulated from an unused phantom seed")
+                   help="folder (same convention) with the case the denoisers and calibrated baselines are "
+                        "tuned on; default: the make-dataset folder's validation/, else a case simulated from an "
+                        "unused phantom seed")
     p.add_argument("--dig-pairs", nargs="+", type=_dig_pair, metavar="COMPARATOR:METHOD",
                    help="DIG comparisons, e.g. cyclegan:proposed (default: each proposed* model against the "
                         "cyclegan* model of the same suffix, else the first two models)")
@@ -533,15 +556,22 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         notes.append(Path(f).read_text(encoding="utf-8"))
     record = evaluate(args.test_set, args.methods, args.output, validation=args.validation, settings=_settings(args),
                       figure_case=args.figure_case, figure_slice=args.figure_slice, title=args.title, notes=notes,
-                      command=_command_line(args, skip=('overwrite', 'dig_pairs')) +
-                      (" --dig-pairs " + " ".join(f"{a}:{b}" for a, b in args.dig_pairs) if args.dig_pairs else ""),
+                      command=_command_line(args, skip=('overwrite', 'dig_pairs', 'ablation')) +
+                      (" --dig-pairs " + " ".join(f"{a}:{b}" for a, b in args.dig_pairs) if args.dig_pairs else "") +
+                      (" --ablation " + " ".join(f"{a}:{b}" for a, b in args.ablation) if args.ablation else ""),
                       overwrite=args.overwrite,
                       dig_pairs=args.dig_pairs,
+                      sets=None if args.all_sets else args.sets, ablation_pairs=args.ablation, datasize=args.datasize,
                       progress=lambda msg: print(msg, file=sys.stderr))
     print(f"cases     {len(record['cases'])}, methods {', '.join(m['name'] for m in record['methods'])}")
-    for s in record["summary"]:
-        if s["metric"] in ("nselfssim", "dig", "mae"):
-            print(f"{s['method']:<12} {s['metric']:<10} {s['mean']:.4g} +- {s['sd']:.3g}")
+    for st in record["sets"]:
+        if len(record["sets"]) > 1:
+            print(f"set       {st['name']}: {len(st['cases'])} cases")
+        for s in st["summary"]:
+            if s["metric"] in ("nselfssim", "dig", "mae"):
+                print(f"{s['method']:<12} {s['metric']:<10} {s['mean']:.4g} +- {s['sd']:.3g}")
+    for key, claim in record["claims"].items():
+        print(f"claim     {key}: {claim['verdict']}")
     for key, path in record["files"].items():
         print(f"{key:<9} {path}")
     return EXIT_OK

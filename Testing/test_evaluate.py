@@ -285,3 +285,287 @@ def test_trend_mark_is_qualified_when_the_method_itself_is_worse():
     st = statistics(rows, methods, dig_pairs=[])
     assert all(c["significant"] for c in st["nselfssim"]["shirley_williams"]["comparisons"])
     assert [_mark(st, "nselfssim", m) for m in ("g1", "g2", "g3", "g4")] == ["†", "†", "†", "(†)"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Sets of a make-dataset folder, calibrated baselines, errors per tissue, the talk's claims
+# --------------------------------------------------------------------------------------------------
+
+from MVCTEnhanceLib.engine.calibration import tissue_calibration  # noqa: E402
+from MVCTEnhanceLib.engine.metrics import body_mask  # noqa: E402
+from MVCTEnhanceLib.study import claims  # noqa: E402
+from MVCTEnhanceLib.study.baselines import BaselineSetting, calibrated_baseline  # noqa: E402
+from MVCTEnhanceLib.study.cases import load_case, resolve_sets  # noqa: E402
+from MVCTEnhanceLib.study.denoisers import denoise  # noqa: E402
+from MVCTEnhanceLib.study.report import rerender, statistics  # noqa: E402
+from MVCTEnhanceLib.study.scores import FULL_REFERENCE, STUDY_METRICS, tissue_error  # noqa: E402
+
+DATASET_METHODS = ["mvct", "tv", "calib", "calib+tv", "calib+nlm", "cyclegan", "proposed", "kv"]
+
+
+def _mv_pair(folder: Path, name: str, seed: int, noise_sd: float, shape=(2, 40, 40)) -> None:
+    """A kV phantom and its 'MVCT': the inverse tissue calibration (MV contrast) plus noise."""
+    folder.mkdir(parents=True, exist_ok=True)
+    clean = phantom_array(shape, seed=seed, noise_sd=0.0)
+    mv = tissue_calibration().invert(clean)
+    rng = np.random.default_rng(2000 + seed)
+    mv = mv + rng.normal(0.0, noise_sd, mv.shape).astype(np.float32) * (clean > -950)
+    write_volume(Volume(clean, SPACING), folder / f"{name}_kv.nrrd")
+    write_volume(Volume(mv.astype(np.float32), SPACING), folder / f"{name}_mv.nrrd")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """A make-dataset-like folder: test/ (2 cases), validation/ (1 case), shift/noise45/ (the same anatomy)."""
+    root = tmp_path_factory.mktemp("dataset")
+    for i, seed in enumerate((1, 2)):
+        _mv_pair(root / "test", f"case_{i:03d}", seed, 30.0)
+        _mv_pair(root / "shift" / "noise45", f"case_{i:03d}", seed, 45.0)
+    _mv_pair(root / "validation", "case_000", 7, 30.0)
+    (root / "manifest.json").write_text(json.dumps({"shift_sets": {"noise45": {"what": "noise 45 HU"}}}))
+    write_tiny_model(root / "tiny.pt", seed=0)
+    write_tiny_model(root / "ident.pt", identity=True)
+    return root
+
+
+@pytest.fixture(scope="module")
+def dataset_report(dataset):
+    out = dataset / "report"
+    methods = [m if m not in ("cyclegan", "proposed") else
+               f"{m}={dataset / ('tiny.pt' if m == 'cyclegan' else 'ident.pt')}" for m in DATASET_METHODS]
+    return out, evaluate(dataset, methods, out)
+
+
+def test_dataset_evaluation_covers_the_test_set_and_every_shift_set(dataset, dataset_report):
+    out, record = dataset_report
+    rows = _rows(out / "per_case.csv")
+    sets = ["test", "shift/noise45"]
+    assert [(r["set"], r["case"], r["method"]) for r in rows] == [
+        (s, c, m) for s in sets for c in ("case_000", "case_001") for m in DATASET_METHODS]
+    for name in STUDY_METRICS:  # the per-tissue columns
+        assert name in rows[0]
+    assert {r["set"] for r in _rows(out / "summary.csv")} == set(sets)
+    assert [s["name"] for s in record["sets"]] == sets
+    assert record["summary"] == record["sets"][0]["summary"]  # the top level is the standard set's
+    # tuned once, on the dataset's validation/ folder
+    assert record["validation"]["folder"] == str(dataset / "validation")
+    assert set(record["baseline_tuning"]["settings"]) == {"calib", "calib+tv", "calib+nlm"}
+    for png in ("boxplots.png", "montage.png", "maps.png", "montage_shift-noise45.png", "maps_shift-noise45.png",
+                "headline.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+    text = (out / "report.md").read_text()
+    for heading in ("## Headline", "### Never worse than its input", "## The talk's claims",
+                    "### 1. Converted NSelfSSIM", "### 2. The proposed model preserves structure",
+                    "### 3. A few hundred unpaired slices suffice", "## Ablation: what the bound and the calibration add",
+                    "## Set `test`", "## Set `shift/noise45`: noise 45 HU", "### Errors per tissue", "## References"):
+        assert heading in text, heading
+    assert text.count("**Verdict: ") == 3
+    assert "**Verdict: not testable here**" in text  # no data-size study given
+    assert "Med. Phys. 49(6), 2022" in text and "ISCO 2023" in text
+    headline = text[text.index("## Headline"):text.index("### Never worse")]
+    assert "| method | `test` | `shift/noise45` |" in headline
+    for m in DATASET_METHODS:
+        assert f"| {m} |" in headline
+    assert "- **proposed**: never worse than its input (4 cases in 2 set(s))." in text
+    assert "**calib** vs **mvct** (the calibration alone)" in text
+    # the calibration is what this toy MVCT lacks: calib beats the input everywhere
+    nw = record["never_worse"]
+    assert nw["calib"]["test"]["worse"] == 0 and nw["calib"]["shift/noise45"]["worse"] == 0
+    assert nw["cyclegan"]["test"]["worse"] == 2  # the random tiny model wrecks the image
+    assert record["claims"]["dig"]["primary"] == {"set": "test", "model": "proposed", "versus": "cyclegan"}
+
+
+def test_a_method_returning_its_input_gets_dig_zero_and_the_input_mae_in_every_set(dataset_report):
+    out, _ = dataset_report
+    rows = _rows(out / "per_case.csv")
+    for s in ("test", "shift/noise45"):
+        for case in ("case_000", "case_001"):
+            by = {r["method"]: r for r in rows if r["case"] == case and r["set"] == s}
+            assert float(by["proposed"]["dig"]) == 0.0
+            for metric in ("mae", "mae_bone", "me_fat", "mae_soft"):
+                assert float(by["proposed"][metric]) == pytest.approx(float(by["mvct"][metric]), rel=0, abs=1e-9)
+            assert float(by["calib"]["tissue_change"]) == 0.0  # the calibrated input is the anchor itself
+            assert float(by["calib"]["mae"]) < float(by["mvct"]["mae"])
+
+
+def test_multi_set_report_rerenders_from_its_record(dataset_report, tmp_path):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(dataset_report[0], out)
+    before = (out / "report.md").read_text()
+    rerender(out, ["Discussion after the numbers."])
+    after = (out / "report.md").read_text()
+    body = before[before.index("## Methods"):before.index("## References")]
+    assert body in after and "Discussion after the numbers." in after
+
+
+def test_per_tissue_errors_by_hand():
+    truth = np.array([[[-1000.0, -150.0, -31.0, -30.0, 0.0, 100.0, 101.0, 300.0, 301.0, 1000.0]]], np.float32)
+    out = truth + np.array([[[5, 10, 20, -4, -8, 12, 99, 99, -50, 30]]], np.float32)
+    body = truth > -500
+    # fat: -150, -31 (errors 10, 20); soft: -30, 0, 100 (-4, -8, 12); bone: 301, 1000 (-50, 30); 101 and 300: none
+    assert tissue_error(out, truth, body, "fat", signed=True) == pytest.approx(15.0)
+    assert tissue_error(out, truth, body, "fat", signed=False) == pytest.approx(15.0)
+    assert tissue_error(out, truth, body, "soft", signed=True) == pytest.approx(0.0)
+    assert tissue_error(out, truth, body, "soft", signed=False) == pytest.approx(8.0)
+    assert tissue_error(out, truth, body, "bone", signed=True) == pytest.approx(-10.0)
+    assert tissue_error(out, truth, body, "bone", signed=False) == pytest.approx(40.0)
+    assert math.isnan(tissue_error(out, truth, truth > 2000, "bone", signed=False))  # no bone: NaN
+    assert FULL_REFERENCE["me_bone"](out, truth, body) == pytest.approx(-10.0)
+
+
+def test_per_tissue_errors_of_a_toy_case_match_numpy(dataset, dataset_report):
+    out, _ = dataset_report
+    rows = {(r["set"], r["case"], r["method"]): r for r in _rows(out / "per_case.csv")}
+    lc = load_case(next(c for c in find_cases(dataset / "test") if c.name == "case_001"))
+    mask = body_mask(lc.mvct)
+    mv, kv = lc.mvct.array.astype(np.float64), lc.ground_truth.array.astype(np.float64)
+    cal = tissue_calibration().apply(lc.mvct.array).astype(np.float64)
+    for tissue, sel in (("bone", kv > 300), ("fat", (kv >= -150) & (kv < -30)), ("soft", (kv >= -30) & (kv <= 100))):
+        m = mask & sel
+        assert m.any()
+        for method, img in (("mvct", mv), ("calib", cal)):
+            r = rows[("test", "case_001", method)]
+            assert float(r[f"me_{tissue}"]) == pytest.approx(np.mean(img[m] - kv[m]), rel=1e-5, abs=1e-4)
+            assert float(r[f"mae_{tissue}"]) == pytest.approx(np.mean(np.abs(img[m] - kv[m])), rel=1e-5, abs=1e-4)
+
+
+def test_calibrated_baselines_are_tuned_on_the_validation_case_only(toy, dataset, tmp_path):
+    meths = ["mvct", "calib", "calib+tv", "calib+nlm"]
+    base = evaluate(toy / "test", meths, tmp_path / "a", validation=toy / "val_low")["baseline_tuning"]["settings"]
+    # another (much noisier) test set, the same validation case: the same settings
+    same = evaluate(toy / "test_noisy", meths, tmp_path / "b", validation=toy / "val_low")["baseline_tuning"]
+    assert same["settings"] == base
+    # the same test set, a noisier validation case: stronger denoising
+    high = evaluate(toy / "test", meths, tmp_path / "c", validation=toy / "val_high")["baseline_tuning"]["settings"]
+    assert high["calib+tv"]["value"] > base["calib+tv"]["value"]
+    assert high["calib+nlm"]["value"] > base["calib+nlm"]["value"]
+    assert {s["order"] for s in (*base.values(), *high.values())} <= {"denoise-then-calibrate",
+                                                                       "calibrate-then-denoise"}
+    # a validation folder holding test or shift cases is refused
+    with pytest.raises(InputError, match="also in the test set"):
+        evaluate(toy / "test", ["mvct", "calib+tv"], tmp_path / "d", validation=toy / "test")
+    with pytest.raises(InputError, match="also in the test set"):
+        evaluate(dataset, ["mvct", "calib+tv"], tmp_path / "e", validation=dataset / "shift" / "noise45")
+
+
+def test_calibrated_baseline_api(dataset):
+    lc = load_case(find_cases(dataset / "test")[0])
+    cal = tissue_calibration()
+    np.testing.assert_array_equal(calibrated_baseline(lc.mvct, "calib").array, cal.apply(lc.mvct.array))
+    first = calibrated_baseline(lc.mvct, "calib+tv", 20.0)  # a number: denoise, then calibrate
+    np.testing.assert_allclose(first.array, cal.apply(denoise(lc.mvct, "tv", 20.0).array), atol=1e-4)
+    second = calibrated_baseline(lc.mvct, "calib+tv", BaselineSetting(20.0, "calibrate-then-denoise"))
+    np.testing.assert_allclose(second.array, denoise(lc.mvct.with_array(cal.apply(lc.mvct.array)), "tv", 20.0).array,
+                               atol=1e-4)
+    assert first.same_geometry(lc.mvct) and not np.allclose(first.array, second.array)
+    with pytest.raises(InputError, match="needs its denoiser's parameter"):
+        calibrated_baseline(lc.mvct, "calib+nlm")
+    with pytest.raises(InputError, match="unknown calibrated baseline"):
+        calibrated_baseline(lc.mvct, "calib+foo", 1.0)
+    assert [m.kind for m in parse_methods(["calib", "calib+tv", "calib+nlm"])] == ["calibrated"] * 3
+
+
+def test_sets_of_a_dataset_folder(dataset, toy):
+    assert [s.name for s in resolve_sets(dataset)] == ["test", "shift/noise45"]
+    assert [s.name for s in resolve_sets(dataset, "noise45")] == ["shift/noise45"]
+    assert [s.name for s in resolve_sets(dataset, "shift/noise45,test")] == ["test", "shift/noise45"]
+    assert resolve_sets(dataset, "all") == resolve_sets(dataset)
+    assert resolve_sets(dataset / "shift" / "noise45")[0].name == "shift/noise45"  # one set, given by its folder
+    assert resolve_sets(dataset / "shift" / "noise45")[0].what == "noise 45 HU"
+    with pytest.raises(InputError, match="never evaluated"):
+        resolve_sets(dataset, "validation")
+    with pytest.raises(InputError, match="not in"):
+        resolve_sets(dataset, "noise99")
+    with pytest.raises(InputError, match="make-dataset folder"):
+        resolve_sets(toy / "test", "shift/noise45")
+
+
+def test_cli_evaluate_sets_ablation(dataset, capsys):
+    out = dataset / "r_cli_sets"
+    code = cli.main(["evaluate", "--test-set", str(dataset), "--sets", "noise45", "--methods", "mvct", "calib",
+                     f"proposed={dataset / 'ident.pt'}", "kv", "--ablation", "proposed:calib", "-o", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "claim     nselfssim: disagrees" in captured.out  # the identity model keeps the MVCT's noise
+    rows = _rows(out / "per_case.csv")
+    assert {r["set"] for r in rows} == {"shift/noise45"}
+    text = (out / "report.md").read_text()
+    assert "--sets noise45" in text and "--ablation proposed:calib" in text
+    assert "**proposed vs calib** (proposed vs calib (given))" in text
+    with pytest.raises(SystemExit) as exc:  # one or the other
+        cli.main(["evaluate", "--test-set", str(dataset), "--sets", "test", "--all-sets", "--methods", "mvct",
+                  "-o", str(dataset / "r_cli_bad")])
+    assert exc.value.code == 2
+
+
+def _claim_rows(values_by_method: dict[str, list[float]], metric: str, set_name: str = "test") -> list[dict]:
+    return [{"set": set_name, "case": f"c{i}", "method": m, metric: v}
+            for m, vs in values_by_method.items() for i, v in enumerate(vs)]
+
+
+def test_claim_rules():
+    ms = [Method("mvct", "input"), Method("cyclegan", "model"), Method("proposed", "model"), Method("kv", "reference")]
+    rng = np.random.default_rng(0)
+    n = 8
+    kv = list(0.72 + rng.normal(0, 0.01, n))
+    near = {"mvct": list(0.90 + rng.normal(0, 0.01, n)), "kv": kv, "proposed": [k + 0.005 for k in kv],
+            "cyclegan": list(0.80 + rng.normal(0, 0.01, n))}
+    def one(rows, methods=ms):
+        return [{"name": "test", "folder": "x", "rows": rows, "cases": [f"c{i}" for i in range(n)],
+                 "statistics": statistics(rows, methods)}]
+
+    c = claims.claim_nselfssim(one(_claim_rows(near, "nselfssim")), ms)
+    assert c["verdict"] == claims.AGREES and c["primary"]["model"] == "proposed"
+    c = claims.claim_nselfssim(one(_claim_rows({**near, "proposed": near["mvct"]}, "nselfssim")), ms)
+    assert c["verdict"] == claims.DISAGREES
+    c = claims.claim_nselfssim(one(_claim_rows(near, "nselfssim")), ms[:3])  # no kv row
+    assert c["verdict"] == claims.NOT_TESTABLE
+    # DIG: the proposed model lower in every case (exact one-sided p = 1/2^8) -> agrees; reversed -> disagrees
+    dig = {"cyclegan": list(100 + rng.normal(0, 5, n)), "proposed": list(50 + rng.normal(0, 5, n))}
+    assert claims.claim_dig(one(_claim_rows(dig, "dig")), ms)["verdict"] == claims.AGREES
+    swapped = {"cyclegan": dig["proposed"], "proposed": dig["cyclegan"]}
+    c = claims.claim_dig(one(_claim_rows(swapped, "dig")), ms)
+    assert c["verdict"] == claims.DISAGREES and "CycleGAN's DIG is lower" in c["reason"]
+    # models outside the naming convention: the DIG table compares the first two, the claim only when asked
+    other = [Method("mvct", "input"), Method("a", "model"), Method("b", "model")]
+    ab = one(_claim_rows({"a": dig["cyclegan"], "b": dig["proposed"]}, "dig"), other)
+    assert claims.claim_dig(ab, other)["verdict"] == claims.NOT_TESTABLE
+    assert claims.claim_dig(ab, other, given=True)["verdict"] == claims.AGREES
+    without_proposed = [m for m in ms if m.name != "proposed"]
+    c = claims.claim_dig(one(_claim_rows(dig, "dig"), without_proposed), without_proposed)
+    assert c["verdict"] == claims.NOT_TESTABLE
+
+
+def test_datasize_claim_rule(tmp_path):
+    from MVCTEnhanceLib.study.cases import write_csv
+    from MVCTEnhanceLib.study.datasize import DATASIZE_FIELDS
+
+    n = 6
+    cases = [f"c{i}" for i in range(n)]
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "datasize.json").write_text(json.dumps({"test_set": str(tmp_path / "test"), "cases": cases,
+                                                     "reduced": {"iterations": 10}, "kv_slices": 3}))
+    mvct_rows = [{"case": c, "method": "mvct", "mae": 60.0 + i} for i, c in enumerate(cases)]
+    sets = [{"name": "test", "folder": str(tmp_path / "test"), "rows": mvct_rows, "cases": cases,
+             "statistics": {}}]
+    ms = [Method("mvct", "input")]
+
+    def study_rows(mae_by_size: dict[int, float]) -> None:
+        write_csv([{"preset": "proposed", "n_requested": s, "n_slices": s, "case": c, "dig": 1.0, "mae": m + i}
+                   for s, m in mae_by_size.items() for i, c in enumerate(cases)], study / "datasize.csv",
+                  fields=DATASIZE_FIELDS)
+
+    study_rows({25: 70.0, 400: 40.0, 800: 30.0})
+    c = claims.claim_datasize(study, sets, ms)
+    assert c["verdict"] == claims.AGREES and c["rows"][0]["n_slices"] == 400  # the largest size <= 400
+    assert c["rows"][0]["smallest_sufficient"] == 400
+    study_rows({25: 70.0, 400: 65.0})
+    assert claims.claim_datasize(study, sets, ms)["verdict"] == claims.DISAGREES
+    study_rows({800: 30.0})
+    assert claims.claim_datasize(study, sets, ms)["verdict"] == claims.NOT_TESTABLE
+    assert claims.claim_datasize(None, sets, ms)["verdict"] == claims.NOT_TESTABLE
+    with pytest.raises(InputError, match="study-datasize folder"):
+        claims.read_datasize(tmp_path)

@@ -10,15 +10,21 @@ Test-set folder convention (what :func:`find_cases` reads)::
                             ``<case>_planning_ct.nrrd`` is accepted too.
 
 Any volume format the engine writes (.nrrd, .nhdr, .nii, .nii.gz, .mha, .mhd) works. A make-dataset
-output folder (``manifest.json`` + ``test/``) can be given as it is: its ``test/`` folder is used.
+output folder (``manifest.json`` + ``test/``) can be given as it is: its ``test/`` folder is the
+standard test set, and each ``shift/<name>/`` folder (same convention; described in the manifest's
+``shift_sets``) is a simulator-shift set (:func:`resolve_sets`). Its ``validation/`` folder is what
+the denoisers and calibrated baselines are tuned on; it is never evaluated.
 
 Methods (``--methods``): ``mvct`` (the input itself), ``nlm``, ``tv``, ``bm3d`` (conventional
-denoisers, see :mod:`denoisers`), ``kv`` (the kV reference row), and ``NAME=MODEL_FILE`` for any
-model file the engine loads (e.g. ``proposed=Resources/models/mvctenhance-default.pt``).
+denoisers, see :mod:`denoisers`), ``calib``, ``calib+tv``, ``calib+nlm``, ``calib+bm3d`` (the MVCT
+through the MV -> kV tissue calibration, alone or with a denoiser, see :mod:`baselines`), ``kv``
+(the kV reference row), and ``NAME=MODEL_FILE`` for any model file the engine loads (e.g.
+``proposed=Resources/models/mvctenhance-default.pt``).
 
 Metrics per case and method, all inside one body mask per case (:func:`metrics.body_mask` of the
-MVCT): NSelfSSIM and DIG as :func:`metrics.assess` computes them, and, with a ground truth, MAE,
-PSNR and SSIM in the SynthRAD convention (:mod:`metrics`).
+MVCT): NSelfSSIM, DIG and the tissue-change volume as :func:`metrics.assess` computes them, and, with
+a ground truth, MAE, PSNR and SSIM in the SynthRAD convention (:mod:`metrics`) and the errors per
+tissue (:mod:`scores`).
 """
 
 from __future__ import annotations
@@ -34,28 +40,35 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..engine.calibration import tissue_calibration
+from ..engine.calibration import Calibration, tissue_calibration
 from ..engine.errors import InputError
 from ..engine.job import EnhanceSettings, run_enhance
-from ..engine.metrics import (BODY_THRESHOLD_HU, METRICS, Assessment, assess, body_mask, mae_in_mask, psnr_synthrad,
-                              ssim_synthrad)
+from ..engine.metrics import BODY_THRESHOLD_HU, Assessment, assess, body_mask
 from ..engine.modelfile import LoadedModel
 from ..engine.volume import WRITE_EXTENSIONS, Volume, read_volume
 from ..synth.phantoms import phantom_slice
 from ..synth.simulate import SimulatorSettings, simulate
-from .denoisers import bm3d_available, denoise
+from .baselines import CALIBRATED_METHODS, calibrated_baseline
+from .denoisers import TUNING_SLICES, bm3d_available, denoise
+from .scores import ALL_METRICS, FULL_REFERENCE
 
 MV_SUFFIXES = ("_mvct", "_mv")
 KV_SUFFIXES = ("_planning_ct", "_kv")
 INPUT_METHOD, REFERENCE_METHOD = "mvct", "kv"
 DENOISER_METHODS = ("nlm", "tv", "bm3d")
-BUILTIN_METHODS = (INPUT_METHOD, *DENOISER_METHODS, REFERENCE_METHOD)
+BUILTIN_METHODS = (INPUT_METHOD, *DENOISER_METHODS, *CALIBRATED_METHODS, REFERENCE_METHOD)
 CSV_NAME = "per_case.csv"
-CSV_FIELDS = ("case", "method", "kind", *METRICS, "seconds")
+CSV_FIELDS = ("set", "case", "method", "kind", *ALL_METRICS, "seconds")
+#: The name of the standard test set (a make-dataset folder's test/, or a plain folder of cases).
+STANDARD_SET = "test"
+SHIFT_PREFIX = "shift/"
 #: A simulated validation case comes from phantom patients with seeds from here on: far above the
 #: seeds make-dataset uses (checked against its manifest when there is one).
 VALIDATION_SEED_BASE = 900_000
 _GEOMETRY_TOL = 1e-4
+#: A validation folder of single-slice cases (make-dataset's) gives up to this many of them, stacked:
+#: the slices tuning looks at (:data:`denoisers.TUNING_SLICES`).
+VALIDATION_SLICES = TUNING_SLICES
 
 Progress = Callable[[str], None] | None
 
@@ -146,15 +159,103 @@ def load_case(case: Case) -> LoadedCase:
 # Methods
 # --------------------------------------------------------------------------------------------------
 
+# --------------------------------------------------------------------------------------------------
+# Sets: the standard test set and the simulator-shift sets of a make-dataset folder
+# --------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class EvalSet:
+    """One set of cases: ``test`` (standard) or ``shift/<name>``, its folder and what it varies."""
+
+    name: str
+    folder: Path
+    what: str = ""
+
+    @property
+    def slug(self) -> str:
+        """The name in file names (``shift/noise45`` -> ``shift-noise45``)."""
+        return self.name.replace("/", "-")
+
+
+def is_dataset_folder(folder: str | os.PathLike) -> bool:
+    """A make-dataset output: manifest.json beside test/."""
+    return _dataset_subfolder(Path(folder), "test") is not None
+
+
+def available_sets(folder: str | os.PathLike) -> list[EvalSet]:
+    """Every evaluable set of a make-dataset folder: test/, then each shift/<name>/ (manifest order first)."""
+    root = Path(folder)
+    manifest, _ = _manifest_of(root)
+    described = manifest.get("shift_sets") if isinstance(manifest, dict) else None
+    described = described if isinstance(described, dict) else {}
+    out = [EvalSet(STANDARD_SET, root / "test", "the standard test set (the training simulator's reference "
+                                                 "settings)")]
+    shift_dir = root / "shift"
+    present = sorted(p.name for p in shift_dir.iterdir() if p.is_dir()) if shift_dir.is_dir() else []
+    for name in [n for n in described if n in present] + [n for n in present if n not in described]:
+        what = described.get(name, {}).get("what", "") if isinstance(described.get(name), dict) else ""
+        out.append(EvalSet(f"{SHIFT_PREFIX}{name}", shift_dir / name, what))
+    return out
+
+
+def resolve_sets(test_set: str | os.PathLike, sets: str | Sequence[str] | None = None) -> list[EvalSet]:
+    """The sets to evaluate, the standard test set first when it is among them.
+
+    ``test_set`` a make-dataset folder: ``sets`` None or ``"all"`` gives test/ and every shift/<name>/;
+    else a comma-separated string or list of ``test``, ``shift/<name>`` (or just ``<name>``).
+    ``test_set`` any other folder: one set, named ``test`` (``shift/<name>`` when the folder is a
+    make-dataset's shift/<name>/); ``sets`` must then be None.
+    """
+    root = Path(test_set)
+    tokens = None if sets is None or sets == "all" else \
+        [t.strip() for s in ([sets] if isinstance(sets, str) else sets) for t in str(s).split(",") if t.strip()]
+    if tokens is not None and not tokens:
+        raise InputError("no sets given; use e.g. --sets test,shift/noise45 or --all-sets")
+    if not is_dataset_folder(root):
+        name = f"{SHIFT_PREFIX}{root.name}" if root.parent.name == "shift" else STANDARD_SET
+        if tokens is not None and tokens != [name]:
+            raise InputError(f"--sets needs a make-dataset folder (manifest.json, test/, shift/); '{root}' is one "
+                             "folder of cases: give the dataset folder, or each set's folder to its own evaluation")
+        what = ""
+        if name != STANDARD_SET:
+            manifest, _ = _manifest_of(root.parent.parent)
+            described = manifest.get("shift_sets") if isinstance(manifest, dict) else None
+            info = described.get(root.name) if isinstance(described, dict) else None
+            what = info.get("what", "") if isinstance(info, dict) else ""
+        return [EvalSet(name, root, what)]
+    avail = available_sets(root)
+    if tokens is None:
+        return avail
+    by_name = {s.name: s for s in avail}
+    chosen: list[EvalSet] = []
+    for t in tokens:
+        key = t.rstrip("/")
+        if key == "validation":
+            raise InputError("the validation set is what the denoisers are tuned on; it is never evaluated")
+        if key not in by_name and f"{SHIFT_PREFIX}{key}" in by_name:
+            key = f"{SHIFT_PREFIX}{key}"
+        if key not in by_name:
+            raise InputError(f"set '{t}' is not in '{root}' (sets: {', '.join(by_name)})")
+        if by_name[key] in chosen:
+            raise InputError(f"set '{t}' given twice")
+        chosen.append(by_name[key])
+    return sorted(chosen, key=lambda s: s.name != STANDARD_SET)
+
+
+# --------------------------------------------------------------------------------------------------
+# Methods
+# --------------------------------------------------------------------------------------------------
+
 @dataclasses.dataclass(frozen=True)
 class Method:
     name: str
-    kind: str                  # "input", "denoiser", "model", "reference"
+    kind: str                  # "input", "denoiser", "calibrated", "model", "reference"
     model: Path | None = None
 
 
 def parse_methods(specs: Sequence[str]) -> list[Method]:
-    """``mvct``, ``nlm``, ``tv``, ``bm3d``, ``kv`` or ``NAME=MODEL_FILE``; commas also separate."""
+    """``mvct``, ``nlm``, ``tv``, ``bm3d``, ``calib``, ``calib+tv``, ``calib+nlm``, ``calib+bm3d``, ``kv`` or
+    ``NAME=MODEL_FILE``; commas also separate."""
     tokens = [t.strip() for s in specs for t in str(s).split(",") if t.strip()]
     if not tokens:
         raise InputError("no methods given; use e.g. --methods mvct nlm tv proposed=MODEL.pt kv")
@@ -179,8 +280,14 @@ def parse_methods(specs: Sequence[str]) -> list[Method]:
                 raise InputError("method 'bm3d' needs the optional 'bm3d' package (pip install bm3d==4.0.3; "
                                  "non-commercial licence); leave bm3d out of --methods otherwise")
             methods.append(Method(t.lower(), "denoiser"))
+        elif t.lower() in CALIBRATED_METHODS:
+            if CALIBRATED_METHODS[t.lower()] == "bm3d" and not bm3d_available():
+                raise InputError("method 'calib+bm3d' needs the optional 'bm3d' package (pip install bm3d==4.0.3; "
+                                 "non-commercial licence); leave it out of --methods otherwise")
+            methods.append(Method(t.lower(), "calibrated"))
         else:
-            raise InputError(f"unknown method '{t}'; use mvct, nlm, tv, bm3d, kv or NAME=MODEL_FILE")
+            raise InputError(f"unknown method '{t}'; use mvct, nlm, tv, bm3d, calib, calib+tv, calib+nlm, "
+                             "calib+bm3d, kv or NAME=MODEL_FILE")
     names = [m.name for m in methods]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -272,29 +379,70 @@ def _find_simulator_settings(manifest: Any) -> dict | None:
     return None
 
 
+def _single_slice(lc: LoadedCase) -> bool:
+    return lc.mvct.array.shape[lc.mvct.axial_axis()] == 1
+
+
+def _stacks_with(first: LoadedCase, other: LoadedCase) -> bool:
+    """Whether ``other`` (a single slice) can join ``first``'s stack: same in-plane grid and direction."""
+    return (_single_slice(first) and _single_slice(other) and other.mvct.array.shape == first.mvct.array.shape
+            and np.allclose(other.mvct.spacing, first.mvct.spacing, rtol=0, atol=_GEOMETRY_TOL)
+            and np.allclose(other.mvct.direction, first.mvct.direction, rtol=0, atol=_GEOMETRY_TOL))
+
+
+def dataset_validation_folder(test_set: str | os.PathLike) -> Path | None:
+    """The validation/ folder of the make-dataset folder that ``test_set`` is (or holds: test/, shift/<name>/)."""
+    root = Path(test_set)
+    return (_dataset_subfolder(root, "validation") or _dataset_subfolder(root.parent, "validation")
+            or (_dataset_subfolder(root.parent.parent, "validation") if root.parent.name == "shift" else None))
+
+
 def validation_case(test_set: str | os.PathLike, validation: str | os.PathLike | None,
                     test_cases: Sequence[Case], like: LoadedCase | None = None) -> tuple[LoadedCase, dict[str, Any]]:
-    """The case the denoisers are tuned on; never one of the test cases.
+    """The case the denoisers and calibrated baselines are tuned on; never one of ``test_cases`` (give
+    the cases of every evaluated set: the standard test set and the shift sets).
 
     ``validation`` (a folder in the test-set convention; its first case with a registered kV) wins;
     else a make-dataset output's ``validation/`` folder; else a simulated case (see
-    :func:`simulated_validation_case`).
+    :func:`simulated_validation_case`). When the folder's cases are single slices (make-dataset's),
+    the first :data:`VALIDATION_SLICES` with a kV on the same grid are stacked into one validation
+    volume, so tuning sees as many slices as it uses on a volume.
     """
     test_files = {c.mvct.resolve() for c in test_cases} | {c.kv.resolve() for c in test_cases if c.kv}
     folder: Path | None = Path(validation) if validation is not None else None
     if folder is None:
-        root = Path(test_set)
-        folder = _dataset_subfolder(root, "validation") or _dataset_subfolder(root.parent, "validation")
+        folder = dataset_validation_folder(test_set)
     if folder is not None:
         cases = find_cases(folder, what="validation")
         for c in cases:
             if c.mvct.resolve() in test_files or (c.kv and c.kv.resolve() in test_files):
                 raise InputError(f"validation case '{c.name}' is also in the test set; tune on a separate case")
+        usable: list[LoadedCase] = []
         for c in cases:
             loaded = load_case(c)
-            if loaded.ground_truth is not None:
-                return loaded, {"source": "folder", "folder": str(folder), "case": c.name, "mvct": str(c.mvct),
-                                "kv": str(c.kv)}
+            if loaded.ground_truth is None:
+                continue
+            if usable and not _stacks_with(usable[0], loaded):
+                continue
+            usable.append(loaded)
+            if not _single_slice(usable[0]) or len(usable) >= VALIDATION_SLICES:
+                break
+        if usable:
+            first = usable[0]
+            info = {"source": "folder", "folder": str(folder), "case": first.case.name, "mvct": str(first.case.mvct),
+                    "kv": str(first.case.kv)}
+            if len(usable) == 1:
+                return first, info
+            # single-slice cases (make-dataset's): up to VALIDATION_SLICES of them, stacked into one volume
+            axis = first.mvct.axial_axis()
+            name = "+".join(u.case.name for u in usable)
+            mv = Volume(np.concatenate([u.mvct.array for u in usable], axis=axis), first.mvct.spacing,
+                        first.mvct.origin, first.mvct.direction)
+            gt = mv.with_array(np.concatenate([u.ground_truth.array for u in usable], axis=axis))
+            info.update(case=name, cases=[u.case.name for u in usable], mvct=[str(u.case.mvct) for u in usable],
+                        kv=[str(u.case.kv) for u in usable],
+                        stacked=f"{len(usable)} single-slice validation cases stacked along the axial axis")
+            return LoadedCase(Case(name, first.case.mvct, first.case.kv), mv, gt, gt), info
         raise InputError(f"validation folder '{folder}' has no case with a kV image on the MVCT's grid; the "
                          "denoisers are tuned against a ground truth")
     return simulated_validation_case(test_set, like=like)
@@ -304,7 +452,15 @@ def validation_case(test_set: str | os.PathLike, validation: str | os.PathLike |
 # Scoring
 # --------------------------------------------------------------------------------------------------
 
-def _produce(method: Method, lc: LoadedCase, tuned: dict[str, float], models: dict[str, LoadedModel],
+def study_calibration(settings: EnhanceSettings | None) -> Calibration:
+    """The MV -> kV calibration of the calibrated baselines and of the tissue classes of non-model methods:
+    the settings' (a clinic's) when given, else the ICRU tissue points."""
+    if settings is not None and settings.calibration is not None:
+        return Calibration.from_dict(settings.calibration, "the given calibration")
+    return tissue_calibration()
+
+
+def _produce(method: Method, lc: LoadedCase, tuned: dict[str, Any], models: dict[str, LoadedModel],
              settings: EnhanceSettings, mask: np.ndarray) -> tuple[Volume | None, Assessment | None, float]:
     """The method's image of the case (on the MVCT's grid), its assessment and the seconds it took.
 
@@ -319,21 +475,26 @@ def _produce(method: Method, lc: LoadedCase, tuned: dict[str, float], models: di
         out: Volume | None = lc.mvct
     elif method.kind == "reference":
         out = lc.ground_truth
+    elif method.kind == "calibrated":
+        if CALIBRATED_METHODS[method.name] is not None and method.name not in tuned:
+            raise InputError(f"method '{method.name}' is not tuned: tune it on a validation case first")
+        out = calibrated_baseline(lc.mvct, method.name, tuned.get(method.name), calibration=study_calibration(settings))
     else:
         out = denoise(lc.mvct, method.name, tuned[method.name])
     seconds = time.perf_counter() - t0
     if out is None:
         return None, None, seconds
     ms = settings.metrics
-    anchor = lc.mvct.with_array(tissue_calibration().apply(lc.mvct.array))  # tissue classes on the kV scale
+    anchor = lc.mvct.with_array(study_calibration(settings).apply(lc.mvct.array))  # tissue classes, kV scale
     a = assess(lc.mvct, out, mask=mask, anchor=anchor, noise_sd=ms.noise_sd, window=ms.window, seed=ms.seed,
                device=settings.device)
     return out, a, seconds
 
 
-def score_case(lc: LoadedCase, methods: Sequence[Method], tuned: dict[str, float], models: dict[str, LoadedModel],
-               settings: EnhanceSettings, keep: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Metric rows of one case; with ``keep`` also its images and maps (for the figures)."""
+def score_case(lc: LoadedCase, methods: Sequence[Method], tuned: dict[str, Any], models: dict[str, LoadedModel],
+               settings: EnhanceSettings, keep: bool,
+               set_name: str = STANDARD_SET) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Metric rows of one case (each with its ``set``); with ``keep`` also its images and maps (for the figures)."""
     mask = body_mask(lc.mvct)
     if not mask.any():
         raise InputError(f"case '{lc.case.name}': no body in the MVCT (nothing above {BODY_THRESHOLD_HU:g} HU); "
@@ -342,8 +503,8 @@ def score_case(lc: LoadedCase, methods: Sequence[Method], tuned: dict[str, float
     rows: list[dict[str, Any]] = []
     kept: dict[str, Any] = {"mask": mask, "images": {}, "dig": {}, "nselfssim": {}}
     for m in methods:
-        row: dict[str, Any] = {"case": lc.case.name, "method": m.name, "kind": m.kind,
-                               **{k: math.nan for k in METRICS}, "seconds": math.nan}
+        row: dict[str, Any] = {"set": set_name, "case": lc.case.name, "method": m.name, "kind": m.kind,
+                               **{k: math.nan for k in ALL_METRICS}, "seconds": math.nan}
         out, a, row["seconds"] = _produce(m, lc, tuned, models, settings, mask)
         if out is None:
             if m.kind == "reference" and lc.kv is not None:
@@ -368,11 +529,6 @@ def score_case(lc: LoadedCase, methods: Sequence[Method], tuned: dict[str, float
     return rows, kept
 
 
-#: How each full-reference metric of the registry is scored against the ground truth, in the body.
-FULL_REFERENCE: dict[str, Callable[[Volume, Volume, np.ndarray], float]] = {
-    "mae": mae_in_mask, "psnr": psnr_synthrad, "ssim": ssim_synthrad}
-
-
 def write_csv(rows: Sequence[dict[str, Any]], path: str | os.PathLike, fields: Sequence[str] = CSV_FIELDS) -> Path:
     """Rows as CSV (NaN written as an empty cell), atomically."""
     p = Path(path)
@@ -393,7 +549,7 @@ def read_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
     with open(path, newline="") as f:
         for r in csv.DictReader(f):
             row: dict[str, Any] = dict(r)
-            for k in (*METRICS, "seconds"):
+            for k in (*ALL_METRICS, "seconds"):
                 if k in row:
                     row[k] = float(row[k]) if row[k] not in ("", None) else math.nan
             out.append(row)

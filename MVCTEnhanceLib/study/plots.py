@@ -11,8 +11,11 @@ from typing import Any
 import numpy as np
 
 from ..engine.figures import DISPLAY_WINDOW, axial_slice, nearest_slice, slice_centre_lps
-from ..engine.metrics import METRICS
 from .cases import values
+from .scores import ALL_METRICS
+
+#: Box plots per row of the figure (the study has more metrics than fit side by side).
+BOXPLOTS_PER_ROW = 6
 
 def plot_figure():
     import matplotlib
@@ -35,7 +38,7 @@ def boxplots_png(path: Path, rows, methods) -> Path | None:
     plt = plot_figure()
     cases = sorted({r["case"] for r in rows})
     panels = []
-    for metric in METRICS:
+    for metric in ALL_METRICS:
         names = [m.name for m in methods
                  if np.isfinite(values(rows, m.name, metric, cases)).any()
                  and not (metric == "dig" and m.kind == "input")]
@@ -43,15 +46,22 @@ def boxplots_png(path: Path, rows, methods) -> Path | None:
             panels.append((metric, names))
     if not panels:
         return None
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.6), squeeze=False)
-    for ax, (metric, names) in zip(axes[0], panels):
+    ncols = min(len(panels), BOXPLOTS_PER_ROW)
+    nrows = math.ceil(len(panels) / ncols)
+    width = max(3.3, 0.32 * max(len(n) for _, n in panels) + 1.0)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, 3.6 * nrows), squeeze=False)
+    for ax in axes.ravel()[len(panels):]:
+        ax.axis("off")
+    for ax, (metric, names) in zip(axes.ravel(), panels):
         data = [(lambda v: v[np.isfinite(v)])(values(rows, n, metric, cases)) for n in names]
         ax.boxplot(data, tick_labels=names, showmeans=True, meanprops={"marker": "D", "markersize": 4})
         for i, d in enumerate(data, start=1):
             ax.plot(np.full(d.size, i) + np.linspace(-0.12, 0.12, d.size) if d.size > 1 else [i], d, ".",
                     color="0.35", ms=3)
-        info = METRICS[metric]
+        info = ALL_METRICS[metric]
         ax.set_title(info.label + (f" ({info.unit})" if info.unit else ""), fontsize=10)
+        if info.better == "zero":
+            ax.axhline(0.0, color="0.6", lw=0.8)
         ax.tick_params(axis="x", labelrotation=45, labelsize=8)
         ax.tick_params(axis="y", labelsize=8)
         if metric == "dig" and all(d.size and d.min() > 0 for d in data):
@@ -73,8 +83,8 @@ def _slice_of(volume, index: int, ref) -> np.ndarray:
     return axial_slice(volume, nearest_slice(volume, slice_centre_lps(ref, index)))
 
 
-def montage_png(path: Path, lc, kept, methods, index: int) -> Path:
-    """Every method's image of one slice side by side, in one display window."""
+def montage_png(path: Path, lc, kept, methods, index: int, title: str | None = None) -> Path:
+    """Every method's image of one slice side by side, in one display window (``title`` before the case)."""
     plt = plot_figure()
     panels = []
     for m in methods:
@@ -94,7 +104,7 @@ def montage_png(path: Path, lc, kept, methods, index: int) -> Path:
     for ax, (name, img) in zip(axes.ravel(), panels):
         ax.imshow(img, cmap="gray", vmin=DISPLAY_WINDOW[0], vmax=DISPLAY_WINDOW[1], interpolation="nearest")
         ax.set_title(name, fontsize=11)
-    fig.suptitle(f"case {lc.case.name}, axial slice {index}; window W400 L40 HU "
+    fig.suptitle(f"{title + ', ' if title else ''}case {lc.case.name}, axial slice {index}; window W400 L40 HU "
                  f"({DISPLAY_WINDOW[0]:g}..{DISPLAY_WINDOW[1]:g}); not for diagnosis", fontsize=9)
     return save_figure(fig, path, dpi=100)
 
@@ -143,3 +153,43 @@ def maps_png(path: Path, lc, kept, methods, index: int) -> Path | None:
     return save_figure(fig, path, dpi=100)
 
 
+def headline_png(path: Path, headline: dict[str, Any], methods, set_names) -> Path | None:
+    """MAE, DIG and NSelfSSIM per method (one line each) across the sets: mean and bootstrap 95 % CI."""
+    plt = plot_figure()
+    panels = [m for m in ("mae", "dig", "nselfssim") if headline.get(m)]
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(4.5, 0.75 * len(set_names) + 2.0) * len(panels), 4.4),
+                             squeeze=False, layout="constrained")
+    x = np.arange(len(set_names))
+    markers = "osD^v<>phX*"
+    shown = [m for m in methods if any(m.name in headline.get(k, {}) for k in panels)]
+    offsets = np.linspace(-0.25, 0.25, len(shown)) if len(shown) > 1 else np.zeros(1)
+    for ax, metric in zip(axes[0], panels):
+        for j, m in enumerate(shown):
+            cells = headline[metric].get(m.name)
+            if not cells:
+                continue
+            mean = np.array([(cells.get(n) or {}).get("mean", np.nan) if n in cells else np.nan for n in set_names],
+                            dtype=float)
+            lo = np.array([(cells.get(n) or {}).get("ci_low", np.nan) if n in cells else np.nan for n in set_names],
+                          dtype=float)
+            hi = np.array([(cells.get(n) or {}).get("ci_high", np.nan) if n in cells else np.nan for n in set_names],
+                          dtype=float)
+            err = np.vstack([np.where(np.isfinite(lo), mean - lo, 0.0), np.where(np.isfinite(hi), hi - mean, 0.0)])
+            ls = ":" if m.kind in ("input", "reference") else "-"
+            ax.errorbar(x + offsets[j], mean, yerr=err, fmt=markers[j % len(markers)], ls=ls, lw=0.8, ms=4,
+                        capsize=2, label=m.name)
+        info = ALL_METRICS[metric]
+        ax.set_title(info.label + (f" ({info.unit})" if info.unit else "") + f", {info.better} is better", fontsize=10)
+        ax.set_xticks(x)
+        ax.set_xticklabels(set_names, rotation=40, ha="right", fontsize=8)
+        ax.tick_params(axis="y", labelsize=8)
+        ax.grid(alpha=0.3)
+        if metric == "dig":
+            vals = [c.get("mean") for cells in headline[metric].values() for c in cells.values()]
+            if vals and all(v is not None and v > 0 for v in vals):
+                ax.set_yscale("log")
+    axes[0, -1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.suptitle("mean and bootstrap 95 % CI over the cases of each set", fontsize=9)
+    return save_figure(fig, path, dpi=90)
