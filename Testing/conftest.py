@@ -53,3 +53,12 @@ def identity_model_path(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("models") / "identity.pt"
     write_tiny_model(path, identity=True)
     return str(path)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    # Release the MRML tests' scenes in order before Python's exit destroys them in any order.
+    import sys
+
+    scenes = sys.modules.get("slicer_scenes")
+    if scenes is not None:
+        scenes.releaseAll()

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import vtk
 
-import slicer
 
 from MVCTEnhanceLib.engine.errors import InputError
 from MVCTEnhanceLib.engine.registration import RigidTransform, register_rigid
@@ -26,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "MVCTEnhance"))
 import MVCTEnhanceMRML  # noqa: E402
 from MVCTEnhanceMRML import registration as mrmlRegistration  # noqa: E402
+import slicer_scenes  # noqa: E402
 
 SAMPLE = REPO / "Resources" / "sample"
 TINY_MODEL = REPO / "Resources" / "models" / "mvctenhance-tiny-test.pt"
@@ -100,14 +100,7 @@ def _crop(v: Volume, rows=slice(48, 208), cols=slice(48, 208)) -> Volume:
 
 
 def _scene():
-    scene = slicer.vtkMRMLScene()
-    slicer.mrmlScene = scene
-    appLogic = slicer.vtkSlicerApplicationLogic()
-    appLogic.SetMRMLScene(scene)
-    colorLogic = slicer.vtkSlicerColorLogic()
-    colorLogic.SetMRMLScene(scene)
-    scene._keepAlive = (appLogic, colorLogic)
-    return scene
+    return slicer_scenes.newScene()
 
 
 def _node(scene, name, volume):

@@ -7,7 +7,6 @@ Outside Slicer the runner starts ``sys.executable`` (inside Slicer: PythonSlicer
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -26,8 +25,9 @@ from MVCTEnhanceLib.engine.volume import Volume
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "MVCTEnhance"))
 import MVCTEnhanceMRML  # noqa: E402
-from MVCTEnhanceMRML import background, models, offscreen  # noqa: E402
+from MVCTEnhanceMRML import background, models  # noqa: E402
 from MVCTEnhanceMRML.runner import BackgroundEnhance, pythonSlicerExecutable  # noqa: E402
+import slicer_scenes  # noqa: E402
 
 BATCH_SCRIPT = REPO / "MVCTEnhance" / "Scripts" / "mvct_enhance_batch.py"
 TINY_MODEL = REPO / "Resources" / "models" / "mvctenhance-tiny-test.pt"
@@ -45,15 +45,7 @@ def _runner(tmp_path):
 
 
 def _scene():
-    scene = slicer.vtkMRMLScene()
-    slicer.mrmlScene = scene
-    appLogic = slicer.vtkSlicerApplicationLogic()
-    appLogic.SetMRMLScene(scene)
-    colorLogic = slicer.vtkSlicerColorLogic()
-    colorLogic.SetMRMLScene(scene)
-    logics = offscreen.createSliceViews(scene, appLogic)
-    scene._keepAlive = (appLogic, colorLogic, logics)
-    return scene
+    return slicer_scenes.newScene(sliceViews=True)
 
 
 def _addVolume(scene, name, volume):

@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "MVCTEnhance"))
 import MVCTEnhanceMRML  # noqa: E402
 from MVCTEnhanceMRML import display, metricstable  # noqa: E402
+import slicer_scenes  # noqa: E402
 
 TINY_MODEL = REPO / "Resources" / "models" / "mvctenhance-tiny-test.pt"
 BATCH_SCRIPT = REPO / "MVCTEnhance" / "Scripts" / "mvct_enhance_batch.py"
@@ -38,28 +39,7 @@ SHAPE = (5, 40, 36)  # small: every run here converts and assesses the whole vol
 
 
 def _newScene(views: bool = False):
-    scene = slicer.vtkMRMLScene()
-    slicer.mrmlScene = scene  # slicer.util functions use it
-    appLogic = slicer.vtkSlicerApplicationLogic()
-    appLogic.SetMRMLScene(scene)
-    colorLogic = slicer.vtkSlicerColorLogic()
-    colorLogic.SetMRMLScene(scene)  # adds Slicer's default (non-file) colour tables
-    scene._keepAlive = (appLogic, colorLogic)
-    if views:
-        # What the application creates for its three slice views (here without the Qt layout manager).
-        layout = slicer.vtkMRMLLayoutNode()
-        scene.AddNode(layout)
-        slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(scene)
-        for name, orientation in (("Red", "Axial"), ("Yellow", "Sagittal"), ("Green", "Coronal")):
-            sliceNode = scene.CreateNodeByClass("vtkMRMLSliceNode")
-            sliceNode.SetLayoutName(name)
-            scene.AddNode(sliceNode)
-            sliceNode.UnRegister(None)
-            assert sliceNode.SetOrientation(orientation)
-            composite = slicer.vtkMRMLSliceCompositeNode()
-            composite.SetLayoutName(name)
-            scene.AddNode(composite)
-    return scene
+    return slicer_scenes.newScene(viewNodes=views)
 
 
 def _phantomVolume(seed: int = 0, origin=(-30.5, 12.25, -7.0)) -> Volume:

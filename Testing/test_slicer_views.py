@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import vtk
 
 import slicer
 
@@ -24,21 +23,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "MVCTEnhance"))
 import MVCTEnhanceMRML  # noqa: E402
 from MVCTEnhanceMRML import display, offscreen  # noqa: E402
+import slicer_scenes  # noqa: E402
 
 TINY_MODEL = REPO / "Resources" / "models" / "mvctenhance-tiny-test.pt"
 SHAPE = (5, 72, 64)
 
 
 def _sceneWithViews():
-    scene = slicer.vtkMRMLScene()
-    slicer.mrmlScene = scene
-    appLogic = slicer.vtkSlicerApplicationLogic()
-    appLogic.SetMRMLScene(scene)
-    colorLogic = slicer.vtkSlicerColorLogic()
-    colorLogic.SetMRMLScene(scene)
-    logics = offscreen.createSliceViews(scene, appLogic, size=(200, 180))
-    scene._keepAlive = (appLogic, colorLogic, logics)
-    return scene, logics
+    scene = slicer_scenes.newScene(sliceViews=True, size=(200, 180))
+    return scene, scene._sliceLogics
 
 
 def _fitHook(logics):
