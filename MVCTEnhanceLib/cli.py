@@ -113,7 +113,8 @@ def _settings(args: argparse.Namespace) -> Any:
     metrics = MetricSettings(noise_sd=args.noise_sd, window=args.window, seed=args.seed)
     extra = {}
     if hasattr(args, "batch_size"):
-        extra = dict(batch_size=args.batch_size, precision=args.precision, resample=not args.no_resample)
+        extra = dict(batch_size=args.batch_size, precision=args.precision, resample=not args.no_resample,
+                     body_crop=not args.no_body_crop, threads=args.threads)
     if getattr(args, "no_metrics", False):
         extra["assess"] = False
     if getattr(args, "calibration", None):
@@ -159,6 +160,12 @@ def _add_enhance(sub: Any) -> None:
                    help="GPU autocast precision (default auto: fp16 on CUDA, fp32 elsewhere)")
     p.add_argument("--no-resample", action="store_true",
                    help="do not resample slices to the model's pixel spacing")
+    p.add_argument("--no-body-crop", action="store_true",
+                   help="run the network on every slice's whole field as given, not on the body only (with the "
+                        "air farther than 8 mm from the body's box made canonical); slower, the engine's old path")
+    p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                   help="CPU threads of the network and the maps (default: the physical cores this process may use, less "
+                        "those the load average shows busy)")
     p.add_argument("--output-type", choices=("float32", "int16"), default="float32",
                    help="voxel type of the enhanced volume (int16: rounded, clipped)")
     p.add_argument("--series-uid", help="DICOM series to read when the input folder holds several")
@@ -215,7 +222,9 @@ def _print_enhance_summary(report: dict[str, Any]) -> None:
     t = report["timings_s"]
     print(f"model     {card['name']} {card['version']} (sha256 {report['model']['sha256'][:12]})")
     print(f"input     {report['input']['path']}  {'x'.join(map(str, report['input']['shape']))}")
-    print(f"device    {report['device']}  {t['enhance']:.2f} s ({t['slices_per_s']:.1f} slices/s), total {t['total']:.2f} s")
+    threads = (report.get("parameters") or {}).get("threads", {}).get("intra_op")
+    on = f" ({threads} CPU threads)" if threads and str(report["device"]).startswith("cpu") else ""
+    print(f"device    {report['device']}{on}  {t['enhance']:.2f} s ({t['slices_per_s']:.1f} slices/s), total {t['total']:.2f} s")
     for key, path in report["outputs"].items():
         print(f"{key:<9} {path}")
     m = report.get("metrics") or {}
@@ -668,6 +677,55 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- serve -----------------------------------------------------------------------------------------
+
+def _add_serve(sub: Any) -> None:
+    p = sub.add_parser("serve", help="the Enhance workflow in a web page (optional 'web' extra)",
+                       description="Serve a web page (trame, with real 3D Slicer views rendered by trame-slicer): "
+                                   "pick an MVCT and its planning CT among the files on this machine, Enhance with "
+                                   "progress and Cancel, compare MVCT | enhanced + quality-map overlay | planning "
+                                   "CT, read the metrics. Localhost only unless --host says otherwise. Needs "
+                                   "pip install -e '.[web]' -c constraints.txt.")
+    p.add_argument("--port", type=_port, default=8080, help="TCP port (default 8080; 0: any free port)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; anyone who can reach "
+                        "another address can run conversions and read the listed files)")
+    p.add_argument("--data-dir", default=".", help="folder whose volumes the pickers list (default: the current "
+                                                   "folder, 3 levels down); the bundled sample is always listed")
+    p.add_argument("--work-dir", help="folder for the running job's files (default: a new temporary folder); "
+                                      "a finished, failed or cancelled job leaves nothing there")
+    p.add_argument("--model", help="model file preselected in the page (default: the shipped default model)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (as for enhance)")
+    p.set_defaults(func=_cmd_serve)
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text} is not a TCP port (0..65535)")
+    return value
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    # The page is an application on top of the library: imported only when this command runs, so
+    # that the library never needs trame or Slicer (and says in one line when the extra is missing).
+    try:
+        import MVCTEnhanceWeb
+    except ImportError:
+        raise MVCTEnhanceError("the web page is not part of this installation: install the checkout with "
+                               "pip install -e '.[web]' -c constraints.txt") from None
+    problem = MVCTEnhanceWeb.missingExtra()
+    if problem:
+        raise MVCTEnhanceError(problem)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        logging.getLogger(__name__).warning("serving on %s: anyone who can reach it can run conversions and "
+                                            "read the volumes under --data-dir", args.host)
+    from MVCTEnhanceWeb.app import serve
+
+    return serve(host=args.host, port=args.port, dataDir=args.data_dir, workRoot=args.work_dir,
+                 device=args.device, modelPath=args.model)
+
+
 #: The commands of the runtime engine: all the 3D Slicer extension ships (MVCTEnhanceLib/engine, filejobs,
 #: cli); their parsers import nothing of training/, synth/ or study/.
 ENGINE_COMMANDS: list[Callable[[Any], None]] = [
@@ -683,6 +741,7 @@ COMMANDS: list[Callable[[Any], None]] = ENGINE_COMMANDS + [
     _add_make_dataset,
     _add_evaluate,
     _add_study_datasize,
+    _add_serve,
 ]
 
 

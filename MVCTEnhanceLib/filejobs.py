@@ -23,6 +23,7 @@ from .engine.modelfile import file_sha256, load_model, read_card
 from .engine.dicomwrite import dicom_summary, source_headers, write_dicom_series
 from .engine.registration import register_rigid
 from .engine.resources import default_model_path
+from .engine.settings import COMPRESS_OUTPUTS
 from .engine.version import __version__
 from .engine.volume import WRITE_EXTENSIONS, check_output_path, read_volume, write_volume
 
@@ -138,18 +139,18 @@ def enhance_file(input_path: str | os.PathLike, output: str | os.PathLike | None
         t_computed = time.perf_counter()
 
         assessment = outcome.assessment
-        write_volume(outcome.result, outputs.stage(paths["output"]), dtype=output_type)
+        write_volume(outcome.result, outputs.stage(paths["output"]), dtype=output_type, compress=COMPRESS_OUTPUTS)
         if assessment is not None and "dig" in paths:
-            write_volume(assessment.dig, outputs.stage(paths["dig"]))
+            write_volume(assessment.dig, outputs.stage(paths["dig"]), compress=COMPRESS_OUTPUTS)
         if assessment is not None and "nselfssim" in paths:
-            write_volume(assessment.nselfssim_output, outputs.stage(paths["nselfssim"]))
+            write_volume(assessment.nselfssim_output, outputs.stage(paths["nselfssim"]), compress=COMPRESS_OUTPUTS)
         dicom_files = []
         if "dicom_dir" in paths:
             dicom_files = write_dicom_series(
                 outcome.result, outputs.stage(paths["dicom_dir"]), source=dicom_source,
                 derivation=f"Model {loaded.card.name} {loaded.card.version} (sha256 {loaded.sha256[:16]}...).")
         if assessment is not None and "tissue_change" in paths:
-            write_volume(assessment.tissue_change, outputs.stage(paths["tissue_change"]))
+            write_volume(assessment.tissue_change, outputs.stage(paths["tissue_change"]), compress=COMPRESS_OUTPUTS)
         if assessment is not None and "montage" in paths:
             montage_png(outputs.stage(paths["montage"]), volume, outcome.result, planning, assessment.dig,
                         assessment.nselfssim_output,
@@ -194,11 +195,11 @@ def metrics_file(image_path: str | os.PathLike, *, converted: str | os.PathLike 
         assessment = assess(image, conv, noise_sd=ms.noise_sd, window=ms.window, seed=ms.seed, device=settings.device,
                             progress=(lambda d, t: progress("metrics", d, t)) if progress else None)
         if "dig" in paths and assessment.dig is not None:
-            write_volume(assessment.dig, outputs.stage(paths["dig"]))
+            write_volume(assessment.dig, outputs.stage(paths["dig"]), compress=COMPRESS_OUTPUTS)
         if "nselfssim" in paths:
             # NSelfSSIM of the converted image when there is one (what a user checks), else of the image.
             nss = assessment.nselfssim_output if assessment.nselfssim_output is not None else assessment.nselfssim_input
-            write_volume(nss, outputs.stage(paths["nselfssim"]))
+            write_volume(nss, outputs.stage(paths["nselfssim"]), compress=COMPRESS_OUTPUTS)
         data = {"engine_version": __version__, "image": {"path": str(image_path), **geometry_dict(image)},
                 "converted": str(converted) if converted else None, "outputs": {k: str(v) for k, v in paths.items()},
                 "metrics": assessment.summaries}

@@ -156,3 +156,44 @@ def test_nothing_cites_files_outside_the_repository(path):
     hits = [f"{p.relative_to(REPO)}:{i + 1}" for p in files for i, line in enumerate(p.read_text().splitlines())
             if pattern.search(line)]
     assert hits == []
+
+
+#: Applications on top of the library: the Slicer module (and its MRML code) and the web page.
+APPLICATION_ROOTS = {"slicer", "vtk", "vtkmodules", "qt", "ctk", "trame", "trame_client", "trame_server",
+                     "trame_vuetify", "trame_rca", "trame_slicer", "slicer_layer_dm", "MVCTEnhanceMRML",
+                     "MVCTEnhance", "MVCTEnhanceWeb", "playwright"}
+
+
+def _enclosingFunctions(module: str) -> dict[int, str]:
+    """line of an import -> name of the innermost function it is in, for one library module."""
+    tree = ast.parse(MODULES[module].read_text(), str(MODULES[module]))
+    where: dict[int, str] = {}
+    for fn in ast.walk(tree):
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for n in ast.walk(fn):
+                if isinstance(n, (ast.Import, ast.ImportFrom)):
+                    where[n.lineno] = fn.name  # ast.walk is breadth-first: inner functions come later
+    return where
+
+
+def test_the_library_imports_no_slicer_trame_or_application_code():
+    """The library is the floor of the Slicer module and the web page, never the other way round. The
+    one exception: ``mvct-enhance serve`` imports the web page when it runs (and only there)."""
+    found = []
+    for a, b, line, inside, node in IMPORTS:
+        if b.split(".")[0] not in APPLICATION_ROOTS:
+            continue
+        if (a == "MVCTEnhanceLib.cli" and b.split(".")[0] == "MVCTEnhanceWeb" and inside
+                and _enclosingFunctions(a).get(line) == "_cmd_serve"):
+            continue
+        found.append(f"{a}:{line} imports {b}")
+    assert found == []
+
+
+def test_the_web_page_package_imports_nothing_heavy_to_say_what_is_missing():
+    """``MVCTEnhanceWeb/__init__.py`` runs before the extra is known to be there: standard library only."""
+    path = REPO / "MVCTEnhanceWeb" / "__init__.py"
+    tree = ast.parse(path.read_text(), str(path))
+    roots = {(a.name if isinstance(n, ast.Import) else n.module or "").split(".")[0]
+             for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
+    assert roots <= set(sys.stdlib_module_names) | {"__future__"}, roots

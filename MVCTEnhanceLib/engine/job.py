@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .errors import EnhanceCancelled, InputError
-from .inference import EnhanceResult, enhance
+from .inference import EnhanceResult, enhance, resolve_threads, torch_threads
 from .calibration import Calibration, tissue_calibration
 from .metrics import Assessment, assess, body_mask
 from .modelfile import LoadedModel
@@ -154,19 +154,26 @@ def run_enhance(volume: Volume, model: LoadedModel, planning: Volume | None = No
     if settings.calibration is not None:
         model = with_calibration(model, Calibration.from_dict(settings.calibration, "the given calibration"))
     t0 = time.perf_counter()
-    enhanced = enhance(volume, model, device=settings.device, batch_size=settings.batch_size,
-                       precision=settings.precision, resample=settings.resample,
-                       progress=_stage(progress, "enhance"), should_cancel=cancel)
-    t1 = time.perf_counter()
-    assessment = planning_assessment = None
-    if settings.assess:
-        ms = settings.metrics
-        kw = dict(noise_sd=ms.noise_sd, window=ms.window, seed=ms.seed, device=settings.device, should_cancel=cancel)
-        anchor = volume.with_array((model.card.anchor() or tissue_calibration()).apply(volume.array))
-        assessment = assess(volume, enhanced.volume, mask=body_mask(volume), anchor=anchor,
-                            progress=_stage(progress, "metrics"), **kw)
-        if planning is not None:
-            planning_assessment = assess(planning, progress=_stage(progress, "planning"), **kw)
+    threads = resolve_threads(settings.threads)
+    with torch_threads(threads):  # the network's and the maps' intra-op threads, restored afterwards
+        enhanced = enhance(volume, model, device=settings.device, batch_size=settings.batch_size,
+                           precision=settings.precision, resample=settings.resample, body_crop=settings.body_crop,
+                           progress=_stage(progress, "enhance"), should_cancel=cancel)
+        enhanced.parameters["threads"] = {"intra_op": threads, "source": "automatic: the physical cores this process "
+                                          "may use, less those the load average shows busy"
+                                          if settings.threads is None else "given"}
+        t1 = time.perf_counter()
+        assessment = planning_assessment = None
+        if settings.assess:
+            ms = settings.metrics
+            kw = dict(noise_sd=ms.noise_sd, window=ms.window, seed=ms.seed, device=settings.device,
+                      should_cancel=cancel)
+            # the calibration itself, applied by the tissue-change map inside the body's box only
+            anchor = (model.card.anchor() or tissue_calibration()).apply
+            assessment = assess(volume, enhanced.volume, mask=body_mask(volume), anchor=anchor,
+                                progress=_stage(progress, "metrics"), **kw)
+            if planning is not None:
+                planning_assessment = assess(planning, progress=_stage(progress, "planning"), **kw)
     if cancel is not None and cancel():
         raise EnhanceCancelled("cancelled after the conversion; no output was produced")
     t2 = time.perf_counter()

@@ -74,6 +74,7 @@ METRICS: dict[str, MetricInfo] = {m.name: m for m in (
 #: Body mask: in-plane opening radius (mm) that removes noise specks and thin couch/cable bridges.
 BODY_OPENING_MM = 2.0
 _MAX_OPENING_PX = 5  # bounds the cost on very fine pixel grids
+_CHUNK_VOXELS = 1 << 20  # float64 temporaries of whole-volume steps stay at 8 MB
 
 
 # --------------------------------------------------------------------------------------------------
@@ -256,11 +257,27 @@ def nselfssim_map(volume: Volume, *, noise_sd: float = NSELFSSIM_NOISE_SD, windo
 
     Deterministic: the noise is drawn on the CPU from ``numpy.random.default_rng(seed)``, one slice
     after the other in slice order, so the map does not depend on ``chunk_slices`` or the device.
+    Only each chunk's box around the voxels above ``lo`` (with or without the noise) is computed:
+    outside it both images are ``lo`` throughout the window, whose SSIM is exactly 1.
     Returns a float32 Volume with the input's geometry (unitless, at most 1).
     """
+    return nselfssim_maps([volume], noise_sd=noise_sd, window=window, sigma=sigma, seed=seed, device=device,
+                          chunk_slices=chunk_slices, progress=progress, should_cancel=should_cancel)[0]
+
+
+def nselfssim_maps(volumes: list[Volume], *, noise_sd: float = NSELFSSIM_NOISE_SD,
+                   window: tuple[float, float] = NSELFSSIM_WINDOW, sigma: float = 1.5, seed: int = 0,
+                   device: Any = "auto", chunk_slices: int = 16, progress: Progress = None,
+                   should_cancel: ShouldCancel = None) -> list[Volume]:
+    """:func:`nselfssim_map` of images on one grid (an MVCT and its conversion) in one pass over the
+    slices, with one draw of the noise: the same noise, hence the same maps, as one call per image.
+    ``progress(done, total)`` counts slices over all the maps."""
     import torch
 
-    _check_volume(volume, "image")
+    for v in volumes:
+        _check_volume(v, "image")
+    if any(not volumes[0].same_geometry(v) for v in volumes[1:]):
+        raise InputError("NSelfSSIM maps computed together need images on one voxel grid")
     lo, hi, sigma = _check_window(window, sigma)
     noise_sd = float(noise_sd)
     if not (math.isfinite(noise_sd) and noise_sd >= 0):
@@ -270,22 +287,56 @@ def nselfssim_map(volume: Volume, *, noise_sd: float = NSELFSSIM_NOISE_SD, windo
     chunk_slices = _check_chunk(chunk_slices)
     dev = resolve_device(device)
     dtype = _torch_dtype(dev)
-    axis = volume.axial_axis()
-    rows, cols = (s for a, s in enumerate(volume.array.shape) if a != axis)
-    blur = _GaussianBlur(rows, cols, sigma, dev)
+    axis = volumes[0].axial_axis()
+    rows, cols = (s for a, s in enumerate(volumes[0].array.shape) if a != axis)
+    radius = _GaussianBlur(1, 1, sigma, "cpu").radius
     rng = np.random.default_rng(seed)
+    k = len(volumes)
 
-    def chunk(img: np.ndarray) -> np.ndarray:
-        noise = np.stack([rng.standard_normal((rows, cols), dtype=np.float32) for _ in range(img.shape[0])])
+    def one_map(img: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        out = np.ones(img.shape, np.float32)
+        noisy = img + noise * np.float32(noise_sd)
+        box = _box_2d((img > lo - 1.0) | (noisy > lo - 1.0), radius)  # 1 HU of slack: float32 rounding
+        if box is None:
+            return out
+        r0, r1, c0, c1 = box
+        blur = _GaussianBlur(r1 - r0, c1 - c0, sigma, dev)
         with torch.inference_mode():
-            x = torch.from_numpy(img).to(dev, torch.float32)  # may share memory with the caller's array
+            x = torch.from_numpy(np.ascontiguousarray(img[:, r0:r1, c0:c1])).to(dev, torch.float32)
+            n = torch.from_numpy(np.ascontiguousarray(noise[:, r0:r1, c0:c1])).to(dev)
             # the noisy image is formed in float32, then everything runs in the compute dtype
-            y = (x + torch.from_numpy(noise).to(dev) * noise_sd).to(dtype).clamp(lo, hi)
+            y = (x + n * noise_sd).to(dtype).clamp(lo, hi)
             x = x.to(dtype).clamp(lo, hi)
-            return _ssim_tensor(x, y, blur, hi - lo, 0.5 * (lo + hi)).float().cpu().numpy()
+            out[:, r0:r1, c0:c1] = _ssim_tensor(x, y, blur, hi - lo, 0.5 * (lo + hi)).float().cpu().numpy()
+        return out
 
-    out = _map_slices([volume.array], axis, chunk, chunk_slices, progress, should_cancel, "NSelfSSIM map")
-    return volume.with_array(out, map="nselfssim", noise_sd=noise_sd, window=[lo, hi], sigma=sigma, seed=seed)
+    views = [np.moveaxis(v.array, axis, 0) for v in volumes]
+    outs = [np.empty(v.array.shape, np.float32) for v in volumes]
+    out_views = [np.moveaxis(o, axis, 0) for o in outs]
+    total = views[0].shape[0]
+    for start in range(0, total, chunk_slices):
+        if should_cancel is not None and should_cancel():
+            raise EnhanceCancelled(f"NSelfSSIM map cancelled after {start} of {total} slices")
+        stop = min(total, start + chunk_slices)
+        noise = np.stack([rng.standard_normal((rows, cols), dtype=np.float32) for _ in range(stop - start)])
+        for view, out_view in zip(views, out_views):
+            out_view[start:stop] = one_map(np.asarray(view[start:stop], dtype=np.float32), noise)
+        if progress is not None:
+            progress(k * stop, k * total)
+    return [v.with_array(o, map="nselfssim", noise_sd=noise_sd, window=[lo, hi], sigma=sigma, seed=seed)
+            for v, o in zip(volumes, outs)]
+
+
+def _box_2d(hot: np.ndarray, margin: int) -> tuple[int, int, int, int] | None:
+    """In-plane box (rows r0:r1, columns c0:c1) of ``hot`` (N, rows, cols) over all N, grown by
+    ``margin`` and clipped to the slice; None when nothing is hot."""
+    rows = np.flatnonzero(hot.any(axis=(0, 2)))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(hot.any(axis=(0, 1)))
+    n_r, n_c = hot.shape[1:]
+    return (max(0, int(rows[0]) - margin), min(n_r, int(rows[-1]) + 1 + margin),
+            max(0, int(cols[0]) - margin), min(n_c, int(cols[-1]) + 1 + margin))
 
 
 def _gradient(d: Any, dim: int, h: float) -> Any:
@@ -328,12 +379,23 @@ def dig_map(original: Volume, converted: Volume, *, device: Any = "auto", chunk_
     h_rows, h_cols = original.inplane_spacing(axis)
 
     def chunk(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        # float32 (never integer overflow); exactly 0 where the images are equal. The gradient is 0
+        # where the difference is 0 within one voxel: only the box around it (plus one voxel, so that
+        # the box's own border keeps central differences) is computed.
+        d = a.astype(np.float32) - b.astype(np.float32)
+        out = np.zeros(d.shape, np.float32)
+        box = _box_2d(d != 0, 1)
+        if box is None:
+            return out
+        r0, r1, c0, c1 = box
+        e0, e1, f0, f1 = max(0, r0 - 1), min(d.shape[1], r1 + 1), max(0, c0 - 1), min(d.shape[2], c1 + 1)
         with torch.inference_mode():
-            # float32 (never integer overflow); exactly 0 where the images are equal
-            d = torch.from_numpy(a).to(dev, torch.float32) - torch.from_numpy(b).to(dev, torch.float32)
-            g_r = _gradient(d, 1, h_rows)
-            g_c = _gradient(d, 2, h_cols)
-            return (g_r * g_r + g_c * g_c).cpu().numpy()
+            t = torch.from_numpy(np.ascontiguousarray(d[:, e0:e1, f0:f1])).to(dev)
+            g_r = _gradient(t, 1, h_rows)
+            g_c = _gradient(t, 2, h_cols)
+            g = (g_r * g_r + g_c * g_c).cpu().numpy()
+        out[:, r0:r1, c0:c1] = g[:, r0 - e0:r1 - e0, c0 - f0:c1 - f0]
+        return out
 
     out = _map_slices([original.array, converted.array], axis, chunk, chunk_slices, progress, should_cancel,
                       "DIG map")
@@ -359,10 +421,15 @@ def body_mask(volume: Volume, threshold_hu: float = BODY_THRESHOLD_HU) -> np.nda
     """
     _check_volume(volume, "image")
     axis = volume.axial_axis()
-    mask = volume.array > float(threshold_hu)
-    if not mask.any():
-        return mask
+    full = volume.array > float(threshold_hu)
     radius = max(1, min(_MAX_OPENING_PX, round(BODY_OPENING_MM / min(volume.inplane_spacing(axis)))))
+    # The steps run on the thresholded voxels' box plus a frame of the opening's radius and one voxel:
+    # nothing outside it is above the threshold, so the opening, the components and the holes (whose
+    # outside stays connected through the frame) are those of the whole volume.
+    box = _box_3d(full, axis, radius + 1)
+    if box is None:
+        return full
+    mask = full[box]
     cross = np.expand_dims(ndimage.generate_binary_structure(2, 1), axis)  # in-plane 4-neighbourhood
     opened = ndimage.binary_opening(mask, structure=cross, iterations=radius)
     if opened.any():
@@ -376,7 +443,21 @@ def body_mask(volume: Volume, threshold_hu: float = BODY_THRESHOLD_HU) -> np.nda
     for s in range(view.shape[0]):
         if view[s].any():
             view[s] = ndimage.binary_fill_holes(view[s])
-    return mask
+    out = np.zeros(full.shape, bool)
+    out[box] = mask
+    return out
+
+
+def _box_3d(mask: np.ndarray, axis: int, margin: int) -> tuple[slice, slice, slice] | None:
+    """Index of ``mask``'s bounding box, grown in-plane (not along ``axis``) by ``margin``; None if empty."""
+    index = []
+    for a in range(mask.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(b for b in range(mask.ndim) if b != a)))
+        if hit.size == 0:
+            return None
+        grow = 0 if a == axis else margin
+        index.append(slice(max(0, int(hit[0]) - grow), min(mask.shape[a], int(hit[-1]) + 1 + grow)))
+    return tuple(index)
 
 
 def summarize(values: Volume | np.ndarray, mask: np.ndarray, axis: int = 0) -> dict:
@@ -398,10 +479,11 @@ def summarize(values: Volume | np.ndarray, mask: np.ndarray, axis: int = 0) -> d
                          "threshold? give a mask)")
     if not np.isfinite(inside).all():
         raise InputError("the values hold NaN or infinite voxels inside the mask")
-    others = tuple(a for a in range(arr.ndim) if a != axis % arr.ndim)
-    counts = m.sum(axis=others)
-    sums = np.where(m, arr, 0).sum(axis=others, dtype=np.float64)
-    per_slice = [float(s / c) if c else None for s, c in zip(sums, counts)]
+    # slice by slice: no whole-volume temporary
+    per_slice = []
+    for values_k, mask_k in zip(np.moveaxis(arr, axis, 0), np.moveaxis(m, axis, 0)):
+        c = int(np.count_nonzero(mask_k))
+        per_slice.append(float(values_k[mask_k].sum(dtype=np.float64) / c) if c else None)
     return {"mean": float(inside.mean()), "median": float(np.median(inside)),
             "p95": float(np.percentile(inside, 95)), "n_voxels": int(inside.size), "per_slice_mean": per_slice}
 
@@ -426,31 +508,47 @@ def _tissue_class(hu: np.ndarray) -> np.ndarray:
     return np.searchsorted(np.array([b for _, b in TISSUE_CLASSES[:-1]]), hu, side="right").astype(np.int8)
 
 
-def tissue_change_map(reference: Volume, converted: Volume, mask: np.ndarray | None = None) -> tuple[Volume, dict]:
+def tissue_change_map(reference: Volume, converted: Volume, mask: np.ndarray | None = None,
+                      calibrate: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[Volume, dict]:
     """Voxels whose tissue class (air, lung, fat, soft tissue, bone) the conversion changed.
 
     ``reference`` is what the tissue should be (the calibrated MVCT: the conversion may shift HU
-    within a class but not turn fat into air). Returns the map (1 = changed, 0 = not; inside ``mask``
-    only) and a JSON-able summary: changed volume in cm³, fraction of the mask, and the volume of
-    each class transition ("fat -> air").
+    within a class but not turn fat into air); with ``calibrate`` it is ``calibrate(reference)``,
+    applied only where needed. Returns the map (1 = changed, 0 = not; inside ``mask`` only) and a
+    JSON-able summary: changed volume in cm³, fraction of the mask, and the volume of each class
+    transition ("fat -> air").
     """
     if not reference.same_geometry(converted):
         raise InputError("the tissue-change map compares two images on the same voxel grid")
-    mask = body_mask(reference) if mask is None else np.asarray(mask, dtype=bool)
+    mask = body_mask(reference if calibrate is None else reference.with_array(calibrate(reference.array))) \
+        if mask is None else np.asarray(mask, dtype=bool)
     axis = reference.axial_axis()
     sigma = [0.0, 0.0, 0.0]
     for a, sp in zip([x for x in range(3) if x != axis], reference.inplane_spacing(axis)):
         sigma[a] = TISSUE_SMOOTH_MM / sp
-    ref = ndimage.gaussian_filter(reference.array.astype(np.float32), sigma, mode="nearest")
-    out = ndimage.gaussian_filter(converted.array.astype(np.float32), sigma, mode="nearest")
-    cls_ref, cls_out = _tissue_class(ref), _tissue_class(out)
-    bounds = np.array([-math.inf] + [b for _, b in TISSUE_CLASSES])
-    lower, upper = bounds[cls_ref] - TISSUE_MARGIN_HU, bounds[cls_ref + 1] + TISSUE_MARGIN_HU
-    changed = mask & ((out < lower) | (out > upper))
+    changed = np.zeros(mask.shape, bool)
+    # Only the mask's box counts; smoothing needs the truncated kernel's radius around it (scipy's
+    # rule; 'nearest' at the box's edge then touches no voxel of the mask).
+    box = _box_3d(mask, axis, max(int(4.0 * s + 0.5) for s in sigma) + 1)
+    cls_ref = cls_out = np.zeros(0, np.int8)
+    if box is not None:
+        ref_box = np.array(reference.array[box], dtype=np.float32)  # a copy: calibrated in place below
+        if calibrate is not None:  # in chunks: the curve works in float64, the box stays float32
+            flat = ref_box.reshape(-1)
+            for i in range(0, flat.size, _CHUNK_VOXELS):
+                flat[i:i + _CHUNK_VOXELS] = calibrate(flat[i:i + _CHUNK_VOXELS])
+        ref = ndimage.gaussian_filter(ref_box, sigma, mode="nearest")
+        out = ndimage.gaussian_filter(converted.array[box].astype(np.float32), sigma, mode="nearest")
+        cls_ref, cls_out = _tissue_class(ref), _tissue_class(out)
+        bounds = np.array([-math.inf] + [b for _, b in TISSUE_CLASSES], np.float32)
+        lower = bounds[cls_ref] - np.float32(TISSUE_MARGIN_HU)
+        upper = bounds[cls_ref + 1] + np.float32(TISSUE_MARGIN_HU)
+        changed[box] = mask[box] & ((out < lower) | (out > upper))
     voxel_cm3 = float(np.prod(reference.spacing)) / 1000.0
     transitions = {}
     if changed.any():
-        pairs, counts = np.unique(cls_ref[changed].astype(np.int16) * 8 + cls_out[changed], return_counts=True)
+        inside = changed[box]
+        pairs, counts = np.unique(cls_ref[inside].astype(np.int16) * 8 + cls_out[inside], return_counts=True)
         for code, count in zip(pairs, counts):
             name = f"{TISSUE_CLASSES[code // 8][0]} -> {TISSUE_CLASSES[code % 8][0]}"
             transitions[name] = round(float(count) * voxel_cm3, 4)
@@ -478,7 +576,8 @@ class Assessment:
 
 def assess(original: Volume, converted: Volume | None = None, *, noise_sd: float = NSELFSSIM_NOISE_SD,
            window: tuple[float, float] = NSELFSSIM_WINDOW, sigma: float = 1.5, seed: int = 0,
-           device: Any = "auto", mask: np.ndarray | None = None, anchor: Volume | None = None,
+           device: Any = "auto", mask: np.ndarray | None = None,
+           anchor: Volume | Callable[[np.ndarray], np.ndarray] | None = None,
            progress: Progress = None, should_cancel: ShouldCancel = None) -> Assessment:
     """No-reference assessment of an image and, if given, its conversion.
 
@@ -488,8 +587,10 @@ def assess(original: Volume, converted: Volume | None = None, *, noise_sd: float
     "parameters": {...}}`` where each ``s`` is a :func:`summarize` dict along the axial axis; the
     "dig" key and the "output" entries exist only when ``converted`` is given. Both NSelfSSIM maps
     use the same seed, hence the same noise. progress(done, total) counts slices over all maps.
-    With ``converted``, the tissue-change map compares it with ``anchor`` (the calibrated original;
-    default the original itself) under ``summaries["tissue_change"]["output"]``.
+    With ``converted``, the tissue-change map compares it with ``anchor`` (the calibrated original,
+    or the calibration as a function of HU arrays, applied only inside the body's box; default the
+    original itself) under ``summaries["tissue_change"]["output"]``. Both NSelfSSIM maps come from one
+    pass with one draw of the noise.
     """
 
     _check_volume(original, "original image")
@@ -516,16 +617,20 @@ def assess(original: Volume, converted: Volume | None = None, *, noise_sd: float
     total = n * (3 if converted is not None else 1)
     ssim_args = dict(noise_sd=noise_sd, window=(lo, hi), sigma=sigma, seed=seed, device=dev,
                      should_cancel=should_cancel)
-    ns_in = nselfssim_map(original, progress=_offset_progress(progress, 0, total), **ssim_args)
+    images = [original] if converted is None else [original, converted]
+    maps = nselfssim_maps(images, progress=_offset_progress(progress, 0, total), **ssim_args)
+    ns_in, ns_out = maps[0], (maps[1] if converted is not None else None)
     summaries: dict[str, Any] = {"nselfssim": {"input": summarize(ns_in, mask, axis)}}
-    ns_out = dig = None
+    dig = None
     if converted is not None:
-        ns_out = nselfssim_map(converted, progress=_offset_progress(progress, n, total), **ssim_args)
         summaries["nselfssim"]["output"] = summarize(ns_out, mask, axis)
         dig = dig_map(original, converted, device=dev, progress=_offset_progress(progress, 2 * n, total),
                       should_cancel=should_cancel)
         summaries["dig"] = {"output": summarize(dig, mask, axis)}
-        tissue, tissue_summary = tissue_change_map(anchor if anchor is not None else original, converted, mask)
+        if callable(anchor):
+            tissue, tissue_summary = tissue_change_map(original, converted, mask, calibrate=anchor)
+        else:
+            tissue, tissue_summary = tissue_change_map(anchor if anchor is not None else original, converted, mask)
         summaries["tissue_change"] = {"output": tissue_summary}
     n_mask = int(mask.sum())
     summaries["body_mask"] = {"source": mask_source, "threshold_hu": threshold, "n_voxels": n_mask,

@@ -19,6 +19,9 @@ NSELFSSIM_WINDOW = (-160.0, 240.0)
 BODY_THRESHOLD_HU = -400.0
 #: Devices the user may ask for; "auto" takes CUDA, then MPS, then the CPU.
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+#: gzip of the job's output volumes: 4.4 s for a 512 x 512 x 100 float32 NRRD to save 16 % of its
+#: 105 MB (noisy HU), against 0.05 s raw (measured on this project's 2-core machine): off.
+COMPRESS_OUTPUTS = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,8 +59,19 @@ class EnhanceSettings:
     #: A clinic's MV -> kV calibration (engine.calibration.Calibration.to_dict()) replacing the card's
     #: anchor of a bounded model (e.g. composed from its MVCT and planning-CT IVDTs); None: the card's.
     calibration: dict[str, Any] | None = None
+    #: The network on each slice's body only (far air made canonical; inference's body-crop section);
+    #: False: on the whole field as given (the engine before the crop, bit for bit).
+    body_crop: bool = True
+    #: CPU intra-op threads; None: the physical cores this process may use, less the busy ones
+    #: (inference.automatic_threads).
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or self.threads < 1):
+            raise InputError(f"threads must be a positive integer (or None: automatic), got {self.threads!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"device": self.device, "batch_size": self.batch_size, "precision": self.precision,
                 "resample": self.resample, "assess": self.assess, "metrics": self.metrics.to_dict(),
-                "calibration": self.calibration}
+                "calibration": self.calibration, "body_crop": self.body_crop, "threads": self.threads}

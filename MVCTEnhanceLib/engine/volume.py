@@ -408,12 +408,14 @@ def volume_to_image(volume: Volume, dtype: str = "float32") -> Any:
 
 
 def write_volume(volume: Volume, path: str | os.PathLike, dtype: str = "float32", overwrite: bool = False,
-                 inputs: Iterable[str | os.PathLike] = ()) -> Path:
+                 inputs: Iterable[str | os.PathLike] = (), compress: bool = True) -> Path:
     """Write NRRD/NIfTI/MetaImage with the volume's geometry, atomically.
 
     The file is written in a temporary folder beside the target and moved into place only when
     complete (both files for .mhd/.nhdr), so a failure never leaves a partial or clobbered output.
     NRRD and MetaImage keep geometry bit-exact; NIfTI stores it as float32 (a limit of the format).
+    ``compress``: gzip (.nii.gz always is); ~100x slower than raw for noisy float32 HU, which it
+    shrinks by only ~16 % (the enhance job writes raw: settings.COMPRESS_OUTPUTS).
     """
     sitk = _sitk()
     p = check_output_path(path, overwrite, inputs)
@@ -424,7 +426,7 @@ def write_volume(volume: Volume, path: str | os.PathLike, dtype: str = "float32"
         geometry = _geometry_json(image)
         image.SetMetaData(GEOMETRY_KEY, geometry)  # NRRD and MetaImage headers keep key/value pairs
         try:
-            sitk.WriteImage(image, str(staged), useCompression=True)
+            sitk.WriteImage(image, str(staged), useCompression=compress or _extension(p) == ".nii.gz")
         except RuntimeError as exc:
             raise OutputError(f"cannot write '{p}': {_first_line(exc)}") from None
         if _extension(p) in (".nii", ".nii.gz"):
