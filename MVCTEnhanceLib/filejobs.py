@@ -17,7 +17,8 @@ from typing import Any, Callable
 from .engine.errors import InputError, OutputError
 from .engine.figures import montage_png
 from .engine.files import OutputSet, write_json
-from .engine.job import EnhanceSettings, ProgressFn, geometry_dict, run_enhance
+from .engine.job import EnhanceSettings, geometry_dict, run_enhance
+from .engine.settings import JobProgress
 from .engine.metrics import assess
 from .engine.modelfile import file_sha256, load_model, read_card
 from .engine.dicomwrite import dicom_summary, source_headers, write_dicom_series
@@ -88,7 +89,7 @@ def enhance_file(input_path: str | os.PathLike, output: str | os.PathLike | None
                  tissue_change: str | os.PathLike | None = None, register: bool = False,
                  dicom_dir: str | os.PathLike | None = None,
                  settings: EnhanceSettings | None = None, output_type: str = "float32", overwrite: bool = False,
-                 series_uid: str | None = None, progress: ProgressFn | None = None,
+                 series_uid: str | None = None, progress: JobProgress | None = None,
                  should_cancel: Callable[[], bool] | None = None) -> dict[str, Any]:
     """Convert one MVCT file with :func:`engine.job.run_enhance`; optionally write the DIG, NSelfSSIM
     and tissue-change maps, a JSON report and a PNG montage (MVCT | enhanced | planning CT | maps).
@@ -177,7 +178,7 @@ def enhance_file(input_path: str | os.PathLike, output: str | os.PathLike | None
 def metrics_file(image_path: str | os.PathLike, *, converted: str | os.PathLike | None = None,
                  dig: str | os.PathLike | None = None, nselfssim: str | os.PathLike | None = None,
                  report: str | os.PathLike | None = None, settings: EnhanceSettings | None = None,
-                 overwrite: bool = False, progress: ProgressFn | None = None) -> dict[str, Any]:
+                 overwrite: bool = False, progress: JobProgress | None = None) -> dict[str, Any]:
     """Quality maps and summaries for any CT; DIG needs the image and its conversion. Of
     ``settings`` only the device and the metric settings apply."""
     settings = settings or EnhanceSettings()

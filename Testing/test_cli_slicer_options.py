@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import ROTATED_DIRECTION, phantom_array
-from MVCTEnhanceLib.cli import main
+from test_cli import _run
 from MVCTEnhanceLib.engine.volume import Volume, read_volume, write_volume
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,12 +23,6 @@ def mvct_file(tmp_path):
     write_volume(Volume(phantom_array((4, 40, 36), seed=2), spacing=(1.0, 1.0, 3.0), origin=(-20, -24, 5),
                         direction=ROTATED_DIRECTION), path)
     return path
-
-
-def _run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_tissue_change_map_file_holds_the_jobs_map_and_progress_is_json_lines(tmp_path, capsys, mvct_file):

@@ -19,6 +19,7 @@ from typing import Any, Callable
 from MVCTEnhanceLib.engine.errors import EnhanceCancelled, InputError, ModelError
 from MVCTEnhanceLib.engine.files import json_default
 from MVCTEnhanceLib.engine.job import EnhanceSettings
+from MVCTEnhanceLib.engine.settings import ShouldCancel
 
 from . import display
 from .metricstable import fillTableNode, summaryRows
@@ -29,7 +30,6 @@ from .nodes import ATTRIBUTE_PREFIX, checkScalarVolumeNode, fillVolumeNode, node
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[float, str], None]  # (fraction 0..1, what is running)
-CancelFn = Callable[[], bool]
 OVERLAY_CHOICES = display.OVERLAY_CHOICES  # ("nselfssim", "dig", "tissuechange", "none")
 #: Map name -> node name suffix and EnhanceOutputs field.
 MAP_NODES = {"dig": ("DIG", "digVolume"), "nselfssim": ("NSelfSSIM", "nselfssimVolume"),
@@ -135,7 +135,7 @@ class _Stages:
 def enhanceVolumeNode(scene: Any, inputNode: Any, modelPath: str | os.PathLike | Any, *,
                       planningNode: Any = None, settings: EnhanceSettings | None = None,
                       overlayMap: str = "nselfssim", overlayOpacity: float = 0.5,
-                      progress: ProgressFn | None = None, shouldCancel: CancelFn | None = None,
+                      progress: ProgressFn | None = None, shouldCancel: ShouldCancel | None = None,
                       layoutHook: Callable[[Any], None] | None = None, models: Any = None,
                       register: bool = False, **settingsOverrides: Any) -> EnhanceOutputs:
     """Convert ``inputNode`` (MVCT, HU) with ``engine.job.run_enhance`` and add the enhanced volume,

@@ -33,7 +33,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -41,7 +41,7 @@ from .device import resolve_device
 from .errors import EnhanceCancelled, InputError
 from .modelcard import STRIDE, ModelCard
 from .modelfile import LoadedModel, load_model
-from .settings import BODY_THRESHOLD_HU, EnhanceSettings
+from .settings import BODY_THRESHOLD_HU, EnhanceSettings, ShouldCancel, StepProgress
 from .version import __version__
 from .volume import Volume, validate_voxels
 
@@ -66,8 +66,6 @@ FOV_CUT_SLICES_FRACTION = 0.25
 #: instance norms (at 1 x 1 TorchScript fails with "Expected more than 1 spatial element").
 MIN_NET_PIXELS = 2 * STRIDE
 
-ProgressFn = Callable[[int, int], None]
-CancelFn = Callable[[], bool]
 
 
 @dataclasses.dataclass
@@ -770,8 +768,8 @@ def _is_oom(exc: BaseException) -> bool:
 
 def enhance(volume: Volume, model: LoadedModel | str | os.PathLike, *, device: Any = "auto", batch_size: int | None = None,
             precision: str = "auto", resample: bool = True, spacing_tolerance: float = 0.05,
-            body_crop: bool = EnhanceSettings.body_crop, progress: ProgressFn | None = None,
-            should_cancel: CancelFn | None = None) -> EnhanceResult:
+            body_crop: bool = EnhanceSettings.body_crop, progress: StepProgress | None = None,
+            should_cancel: ShouldCancel | None = None) -> EnhanceResult:
     """Convert an MVCT volume (HU) to a kV-like volume (HU) with the same geometry.
 
     ``model`` is a :class:`LoadedModel` or a model file path. ``batch_size`` None picks

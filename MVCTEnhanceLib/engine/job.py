@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -22,13 +22,11 @@ from .inference import EnhanceResult, enhance, resolve_threads, torch_threads
 from .calibration import Calibration, tissue_calibration
 from .metrics import Assessment, assess, body_mask
 from .modelfile import LoadedModel
-from .settings import EnhanceSettings, MetricSettings  # noqa: F401  (MetricSettings: part of the job's interface)
+from .settings import EnhanceSettings, JobProgress, MetricSettings, ShouldCancel, StepProgress  # noqa: F401  (MetricSettings: part of the job's interface)
 from .version import __version__
 from .volume import Volume
 
 #: progress(stage, done, total): stage is one of STAGES; done/total count slices of that stage.
-ProgressFn = Callable[[str, int, int], None]
-CancelFn = Callable[[], bool]
 STAGES = ("enhance", "metrics", "planning")
 #: A planning CT normally covers the whole MVCT (it is acquired over a longer range to plan on): when
 #: less than this fraction of the MVCT's extent lies inside it, it is another patient, unregistered, or
@@ -136,13 +134,13 @@ def tissue_change_warnings(summary: dict[str, Any]) -> list[str]:
             "look at the tissue-change map before using the image"]
 
 
-def _stage(progress: ProgressFn | None, name: str) -> Callable[[int, int], None] | None:
+def _stage(progress: JobProgress | None, name: str) -> StepProgress | None:
     return (lambda done, total: progress(name, done, total)) if progress is not None else None
 
 
 def run_enhance(volume: Volume, model: LoadedModel, planning: Volume | None = None,
-                settings: EnhanceSettings | None = None, progress: ProgressFn | None = None,
-                cancel: CancelFn | None = None) -> Outcome:
+                settings: EnhanceSettings | None = None, progress: JobProgress | None = None,
+                cancel: ShouldCancel | None = None) -> Outcome:
     """Convert ``volume`` with ``model``; assess the input, the result and ``planning`` (see the module).
 
     Raises :class:`EnhanceCancelled` as soon as ``cancel()`` returns True (checked between batches

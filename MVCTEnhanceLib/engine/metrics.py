@@ -26,11 +26,9 @@ from scipy import ndimage
 
 from .device import resolve_device
 from .errors import EnhanceCancelled, InputError
-from .settings import BODY_THRESHOLD_HU, NSELFSSIM_NOISE_SD, NSELFSSIM_WINDOW
+from .settings import BODY_THRESHOLD_HU, NSELFSSIM_NOISE_SD, NSELFSSIM_WINDOW, ShouldCancel, StepProgress
 from .volume import Volume
 
-Progress = Callable[[int, int], None] | None
-ShouldCancel = Callable[[], bool] | None
 
 #: SSIM constants of Wang et al. (2004) and scipy's Gaussian truncation, as scikit-image uses them.
 SSIM_K1 = 0.01
@@ -96,7 +94,7 @@ def _check_chunk(chunk_slices: Any) -> int:
 
 
 def _map_slices(arrays: list[np.ndarray], axis: int, fn: Callable[..., np.ndarray], chunk_slices: int,
-                progress: Progress, should_cancel: ShouldCancel, what: str) -> np.ndarray:
+                progress: StepProgress | None, should_cancel: ShouldCancel | None, what: str) -> np.ndarray:
     """Apply ``fn`` to chunks of slices (N, rows, cols) taken along ``axis``; returns a float32 map.
 
     The cancel check runs before every chunk and progress(done, total) after it, so a cancelled run
@@ -116,7 +114,7 @@ def _map_slices(arrays: list[np.ndarray], axis: int, fn: Callable[..., np.ndarra
     return out
 
 
-def _offset_progress(progress: Progress, offset: int, total: int) -> Progress:
+def _offset_progress(progress: StepProgress | None, offset: int, total: int) -> StepProgress | None:
     """Progress of one step of a multi-step job, reported on the job's overall scale."""
     if progress is None:
         return None
@@ -242,7 +240,7 @@ def _check_window(window: Any, sigma: Any) -> tuple[float, float, float]:
 
 def nselfssim_map(volume: Volume, *, noise_sd: float = NSELFSSIM_NOISE_SD, window: tuple[float, float] = NSELFSSIM_WINDOW,
                   sigma: float = 1.5, seed: int = 0, device: Any = "auto", chunk_slices: int = 16,
-                  progress: Progress = None, should_cancel: ShouldCancel = None) -> Volume:
+                  progress: StepProgress | None = None, should_cancel: ShouldCancel | None = None) -> Volume:
     """NSelfSSIM map: local SSIM between ``a = clip(img, lo, hi)`` and ``b = clip(img + N(0, noise_sd), lo, hi)``.
 
     SSIM is Wang et al.'s: 2D (in-plane, per slice along the axial axis), Gaussian window
@@ -267,8 +265,8 @@ def nselfssim_map(volume: Volume, *, noise_sd: float = NSELFSSIM_NOISE_SD, windo
 
 def nselfssim_maps(volumes: list[Volume], *, noise_sd: float = NSELFSSIM_NOISE_SD,
                    window: tuple[float, float] = NSELFSSIM_WINDOW, sigma: float = 1.5, seed: int = 0,
-                   device: Any = "auto", chunk_slices: int = 16, progress: Progress = None,
-                   should_cancel: ShouldCancel = None) -> list[Volume]:
+                   device: Any = "auto", chunk_slices: int = 16, progress: StepProgress | None = None,
+                   should_cancel: ShouldCancel | None = None) -> list[Volume]:
     """:func:`nselfssim_map` of images on one grid (an MVCT and its conversion) in one pass over the
     slices, with one draw of the noise: the same noise, hence the same maps, as one call per image.
     ``progress(done, total)`` counts slices over all the maps."""
@@ -357,7 +355,7 @@ def _gradient(d: Any, dim: int, h: float) -> Any:
 
 
 def dig_map(original: Volume, converted: Volume, *, device: Any = "auto", chunk_slices: int = 16,
-            progress: Progress = None, should_cancel: ShouldCancel = None) -> Volume:
+            progress: StepProgress | None = None, should_cancel: ShouldCancel | None = None) -> Volume:
     """DIG map: ``|grad(original - converted)|^2`` per voxel in HU^2/mm^2, gradient in-plane only.
 
     The in-plane axes are the two numpy axes other than ``original.axial_axis()``, with their
@@ -578,7 +576,7 @@ def assess(original: Volume, converted: Volume | None = None, *, noise_sd: float
            window: tuple[float, float] = NSELFSSIM_WINDOW, sigma: float = 1.5, seed: int = 0,
            device: Any = "auto", mask: np.ndarray | None = None,
            anchor: Volume | Callable[[np.ndarray], np.ndarray] | None = None,
-           progress: Progress = None, should_cancel: ShouldCancel = None) -> Assessment:
+           progress: StepProgress | None = None, should_cancel: ShouldCancel | None = None) -> Assessment:
     """No-reference assessment of an image and, if given, its conversion.
 
     The mask is :func:`body_mask` of the original unless one is given. Computes NSelfSSIM of the

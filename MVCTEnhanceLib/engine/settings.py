@@ -7,9 +7,16 @@ start-up, before its dependencies may be installed.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 from .errors import InputError
+
+#: Progress of one step of work: (done, total).
+StepProgress = Callable[[int, int], None]
+#: Progress of the enhance job across its stages: (stage, done, total).
+JobProgress = Callable[[str, int, int], None]
+#: Polled between chunks of work: True once the user asked to stop.
+ShouldCancel = Callable[[], bool]
 
 #: NSelfSSIM defaults: a soft-tissue window with ~20 HU of added noise reproduces the paper's pattern
 #: (MVCT ~0.9 against planning kV CT ~0.73) on realistic simulated pairs; wider windows saturate.

@@ -18,7 +18,7 @@ from ..engine.files import write_json
 from ..engine.job import EnhanceSettings
 from ..engine.metrics import METRICS
 from ..engine.modelfile import load_model
-from ..training.data import SliceDataset
+from ..training.data import open_domain
 from ..training.export import export_run
 from ..training.options import PRESETS, TrainConfig
 from ..training.runfolder import load_run_config
@@ -109,12 +109,12 @@ def study_datasize(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
                     ndf=int(ndf), seed=int(seed), device=settings.device, progress=False, resume=False,
                     sample_every=int(iterations), checkpoint_every=max(50, int(iterations) // 4),
                     log_every=max(1, int(iterations) // 40))
+    if mv is None and (data / "train_mv_clean").is_dir():
+        template["mv_clean"] = [str(data / "train_mv_clean")]  # this dataset's twins, not the base run's
     probe = TrainConfig.from_dict({**template, "out_dir": str(out / "runs" / "probe")})
     probe.validate()
-    kv_set = SliceDataset(kv_src, hu_window=probe.hu_window, pixel_spacing_mm=probe.pixel_spacing_mm,
-                          crop_size=probe.crop_size, augment=probe.augment, max_shift_px=probe.max_shift_px,
-                          max_rotation_deg=probe.max_rotation_deg, seed=probe.seed + 1,
-                          min_body_fraction=probe.min_body_fraction)
+    # The recipe's own loaders (field truncation, clean twins for the denoise term), as train builds them.
+    kv_set = open_domain("kV-CT", kv_src, probe, probe.seed + 1)
     say(f"kV set: {len(kv_set)} slices (fixed); test set: {len(cases)} cases")
     loaded = [load_case(c) for c in cases]
     ms = settings.metrics
@@ -132,10 +132,9 @@ def study_datasize(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
     skipped: list[str] = []
     # largest first: the runs that matter most (and that evaluate reuses) finish first if time runs out
     for n in sorted(sizes, reverse=True):
-        mv_set = SliceDataset(mv_src, hu_window=probe.hu_window, pixel_spacing_mm=probe.pixel_spacing_mm,
-                              crop_size=probe.crop_size, augment=probe.augment, max_shift_px=probe.max_shift_px,
-                              max_rotation_deg=probe.max_rotation_deg, seed=probe.seed,
-                              min_body_fraction=probe.min_body_fraction, max_slices=n)
+        subset = TrainConfig.from_dict({**template, "max_slices": n, "out_dir": str(out / "runs" / "probe")})
+        twins = subset.mv_clean if probe.weights()["denoise"] > 0 else None
+        mv_set = open_domain("MVCT", mv_src, subset, subset.seed, twins)
         for preset in presets:
             tag = f"{preset}-n{n}"
             run_dir = out / "runs" / tag

@@ -99,11 +99,15 @@ _CRIT_ABSEPS = 1e-4
 # --------------------------------------------------------------------------------------------
 # Input checks
 # --------------------------------------------------------------------------------------------
-def _as_table(values, *, min_cols: int, what: str) -> np.ndarray:
+def _as_numbers(values, what: str, shape: str) -> np.ndarray:
     try:
-        arr = np.asarray(values, dtype=np.float64)
+        return np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError) as exc:
-        raise InputError(f"{what}: values must be numbers in a (cases x methods) table ({exc}).") from None
+        raise InputError(f"{what}: values must be numbers{shape} ({exc}).") from None
+
+
+def _as_table(values, *, min_cols: int, what: str) -> np.ndarray:
+    arr = _as_numbers(values, what, " in a (cases x methods) table")
     if arr.ndim != 2:
         raise InputError(f"{what}: expected a 2-D table (cases x methods), got {arr.ndim} dimension(s).")
     n, k = arr.shape
@@ -119,10 +123,7 @@ def _as_table(values, *, min_cols: int, what: str) -> np.ndarray:
 
 
 def _as_vector(values, *, what: str, min_len: int = 2) -> np.ndarray:
-    try:
-        arr = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"{what}: values must be numbers ({exc}).") from None
+    arr = _as_numbers(values, what, "")
     if arr.ndim != 1:
         raise InputError(f"{what}: expected a 1-D sequence of values, got {arr.ndim} dimension(s).")
     if arr.size < min_len:
