@@ -52,7 +52,7 @@ def test_library_lists_shipped_models_with_their_training_data_and_prefers_the_t
     assert "UNTRAINED" in tiny.label
     assert library.verify(TINY) == hashlib.sha256(TINY.read_bytes()).hexdigest()
     info, warning = library.describe(default.path)
-    assert info.startswith("mvctenhance-default 1.1.0") and "Trained on: MVCT: 300 volumes" in info and warning == ""
+    assert info.startswith("mvctenhance-default 2.0.0") and "Trained on: MVCT: 300 volumes" in info and warning == ""
 
 
 def test_import_validates_copies_and_records_the_sha256(tmp_path):
@@ -160,7 +160,7 @@ def test_user_folder_is_beside_slicers_settings():
 def test_model_box_entries(tmp_path):
     library = models.ModelLibrary(SHIPPED, tmp_path / "user")
     entries = models.modelChoices(library, TINY)
-    assert [label for _, label in entries] == ["mvctenhance-default 1.1.0 (shipped)",
+    assert [label for _, label in entries] == ["mvctenhance-default 2.0.0 (shipped)",
                                                "mvctenhance-tiny-test 0.1.0 (shipped, UNTRAINED test model)"]
     loose = tmp_path / "loose.pt"
     write_tiny_model(loose, seed=9)

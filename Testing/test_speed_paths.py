@@ -47,6 +47,7 @@ def whole_field(volume: Volume, model, monkeypatch) -> inference.EnhanceResult:
     """The same job with the module run on every whole (canonical) field: the crop's reference."""
     with monkeypatch.context() as m:
         m.setattr(inference, "plan_network", lambda module: (None, "test: the whole field"))
+        m.setattr(inference, "network_is_local", lambda module: False)
         return inference.enhance(volume, model, device="cpu")
 
 
@@ -76,7 +77,8 @@ def test_the_body_crop_equals_the_network_on_the_whole_field_within_1_hu(tmp_pat
     loaded = fullres_model(tmp_path) if model == "fullres" else load_model(MODELS[model])
     crop = inference.enhance(volume, loaded, device="cpu")
     info = crop.parameters["body_crop"]
-    assert info["enabled"] and info["regions"] and info["network_pixels_fraction"] < 0.8  # the crop did run
+    assert info["enabled"] and (info["regions"] or info["local_window"])  # the crop did run,
+    assert info["network_pixels_fraction"] < 0.8 and info["local_window"] == (model == "default")  # its way
     reference = whole_field(volume, loaded, monkeypatch)
     assert reference.parameters["body_crop"]["network_pixels_fraction"] == 1.0
     body = volume.array > -400.0
@@ -99,22 +101,25 @@ def _outside_kept_box(volume: Volume, margin_mm: float) -> np.ndarray:
 def test_air_beyond_the_kept_box_is_the_anchor(tmp_path, spacing):
     volume = Volume(body_in_air(), spacing=(spacing, spacing, 3.0))
     far = _outside_kept_box(volume, 3.0)  # resampling blends the change over ~1 voxel at the box's edge
-    unbounded = inference.enhance(volume, load_model(MODELS["default"]), device="cpu").volume.array
-    np.testing.assert_array_equal(unbounded[far], volume.array[far])  # the old model's anchor: the MVCT itself
+    unbounded = inference.enhance(volume, load_model(MODELS["tiny"]), device="cpu").volume.array
+    np.testing.assert_array_equal(unbounded[far], volume.array[far])  # an unbounded model's anchor: the MVCT itself
     bounded = inference.enhance(volume, bounded_model(tmp_path), device="cpu").volume.array
     np.testing.assert_allclose(bounded[far], tissue_calibration().apply(volume.array)[far], atol=1e-3)
 
 
 def test_a_slice_of_air_only_is_its_anchor_and_runs_no_network():
     air = Volume(np.random.default_rng(1).normal(-1000.0, 30.0, (2, 128, 128)).astype(np.float32))
-    result = inference.enhance(air, MODELS["default"], device="cpu")
+    result = inference.enhance(air, MODELS["tiny"], device="cpu")
     np.testing.assert_array_equal(result.volume.array, air.array)
     assert result.parameters["body_crop"]["network_pixels_fraction"] == 0.0
+    bounded = inference.enhance(air, MODELS["default"], device="cpu")  # the shipped model: calibrated air
+    np.testing.assert_allclose(bounded.volume.array, tissue_calibration().apply(air.array), atol=1e-3)
+    assert bounded.parameters["body_crop"]["network_pixels_fraction"] == 0.0
 
 
 def test_no_body_crop_is_the_module_on_the_field_as_given():
     volume = Volume(body_in_air(n=1, size=128, centre=(64, 64)), spacing=(1.0, 1.0, 3.0))
-    loaded = load_model(MODELS["default"])
+    loaded = load_model(MODELS["tiny"])
     result = inference.enhance(volume, loaded, device="cpu", body_crop=False)
     assert result.parameters["body_crop"] == {**result.parameters["body_crop"], "enabled": False, "regions": False,
                                               "network_pixels_fraction": 1.0}
@@ -145,8 +150,11 @@ class Concat(nn.Module):
 
 
 def test_networks_the_regions_cannot_follow_run_on_the_whole_canonical_field(tmp_path):
-    plan, why = inference.plan_network(load_model(MODELS["default"]).module)
+    plan, why = inference.plan_network(load_model(MODELS["tiny"]).module)
     assert plan is not None and why == ""
+    shipped = load_model(MODELS["default"]).module  # bounded: calibration, clamp and blur are no chain,
+    assert inference.plan_network(shipped)[0] is None and inference.network_is_local(shipped)  # but local
+    assert not inference.network_is_local(load_model(MODELS["tiny"]).module)  # instance norms see the field
     for name, module in (("wild", Wild()), ("concat", Concat())):
         save_model(module, tiny_card(name=name), tmp_path / f"{name}.pt")
         loaded = load_model(tmp_path / f"{name}.pt")

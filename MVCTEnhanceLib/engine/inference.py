@@ -348,6 +348,34 @@ def plan_network(module: Any) -> tuple[tuple | None, str]:
     return plan, ""
 
 
+def network_is_local(module: Any, context_px: int = BODY_CONTEXT_PX) -> bool:
+    """True when the module's output depends only on the input within ``context_px`` of each pixel
+    (no normalisation or other statistics over the field: e.g. the bounded full-resolution models),
+    checked on a random probe. Such a module run on the body's box plus that margin equals the module
+    on the whole field inside the box, so it needs no regions."""
+    import torch
+
+    if next((m for m in module.modules() if _layer_name(m) == "Conv2d"), None) is None:
+        return False
+    margin = context_px
+    size = 5 * margin  # the probe; the window is its middle, margin px in from each side
+    gen = torch.Generator().manual_seed(1)
+    param = next(iter(module.parameters()))
+    # one channel, as the engine feeds every model (a bounded model makes its own channels inside)
+    probe = (torch.rand((1, 1, size, size), generator=gen) * 2 - 1).to(param.device, param.dtype)
+    with torch.inference_mode():
+        try:
+            whole = module(probe)
+            window = module(probe[..., margin:size - margin, margin:size - margin])
+        except RuntimeError:
+            return False
+    if window.shape[-2:] != (size - 2 * margin,) * 2:
+        return False
+    inner = window[..., margin:size - 3 * margin, margin:size - 3 * margin]
+    return bool(torch.allclose(inner, whole[..., 2 * margin:size - 2 * margin, 2 * margin:size - 2 * margin],
+                               rtol=1e-4, atol=1e-5))
+
+
 @dataclasses.dataclass
 class _Member:
     r0: int                          # top-left corner at the field's input scale
@@ -597,7 +625,7 @@ class _SliceConverter:
     """
 
     def __init__(self, module: Any, card: ModelCard, dev: Any, amp_dtype: Any, net_hw: tuple[int, int] | None,
-                 crop: bool = False, plan: tuple | None = None, keep_px: int = 0):
+                 crop: bool = False, plan: tuple | None = None, keep_px: int = 0, local: bool = False):
         import torch
 
         self.module, self.card, self.dev, self.amp_dtype, self.net_hw = module, card, dev, amp_dtype, net_hw
@@ -607,7 +635,7 @@ class _SliceConverter:
         self.above_gain = float(card.outside_window.get("above_gain", 1.0))
         self.calibration = card.anchor()
         self.bound = float(card.max_change_hu) if card.bounded else None
-        self.crop, self.plan, self.keep_px = crop, plan, keep_px
+        self.crop, self.plan, self.keep_px, self.local = crop, plan, keep_px, local
         self.align = _downsampling(plan) if plan is not None else STRIDE
         # canonical air: what the network is given for -1000 HU after the anchor and the window
         air_hu = float(self.anchor(torch.tensor([-1000.0])).clamp(self.lo, self.hi)[0])
@@ -686,6 +714,13 @@ class _SliceConverter:
                 self.pixels += net_in.shape[0] * pixels
                 with self._autocast():
                     y = field.run(self.plan)
+                return y[..., r0 - box[0]:r1 - box[0], c0 - box[2]:c1 - box[2]].float(), True
+        if self.local:  # no statistics over the field: the module on the box with its context margin
+            pixels = (box[1] - box[0]) * (box[3] - box[2])
+            if pixels <= BODY_CROP_MAX_FRACTION * hp * wp:
+                self.pixels += net_in.shape[0] * pixels
+                with self._autocast():
+                    y = self.module(canonical[..., box[0]:box[1], box[2]:box[3]])
                 return y[..., r0 - box[0]:r1 - box[0], c0 - box[2]:c1 - box[2]].float(), True
         self.pixels += net_in.shape[0] * hp * wp
         with self._autocast():
@@ -821,11 +856,13 @@ def enhance(volume: Volume, model: LoadedModel | str | os.PathLike, *, device: A
 
     module = loaded.module.to(dev)
     plan, why_not = plan_network(module) if body_crop else (None, "off")
+    local = bool(body_crop and plan is None and network_is_local(module))
     grid_spacing = min(target) if resampled else min(spacing)
     keep_px = math.ceil(BODY_KEEP_MM / grid_spacing) if body_crop else 0
 
     def converter_on(d: Any, amp: Any) -> _SliceConverter:
-        return _SliceConverter(loaded.module.to(d), card, d, amp, net_hw, crop=body_crop, plan=plan, keep_px=keep_px)
+        return _SliceConverter(loaded.module.to(d), card, d, amp, net_hw, crop=body_crop, plan=plan, keep_px=keep_px,
+                              local=local)
 
     converter = converter_on(dev, amp_dtype)
     out = np.empty((n, h, w), dtype=np.float32)
@@ -844,12 +881,13 @@ def enhance(volume: Volume, model: LoadedModel | str | os.PathLike, *, device: A
             if pad_h or pad_w:
                 batch = np.pad(batch, ((0, 0), (top, pad_h - top), (left, pad_w - left)), mode="edge")
             try:
-                if check_hu is None and converter.plan is not None:
+                if check_hu is None and (converter.plan is not None or converter.local):
                     converted, check_hu = converter(batch, check=True)
                     if check_hu is not None and check_hu > BODY_CROP_CHECK_HU:  # not exact here: whole fields
                         notes.append(f"the body crop differed from the whole field by {check_hu:.2f} HU in the body "
                                      f"(more than {BODY_CROP_CHECK_HU:g}): the network ran on whole fields")
                         plan = converter.plan = None
+                        local = converter.local = False
                         converted = converter(batch)
                 else:
                     converted = converter(batch)
@@ -887,7 +925,7 @@ def enhance(volume: Volume, model: LoadedModel | str | os.PathLike, *, device: A
     params["body_crop"] = {
         "enabled": bool(body_crop), "keep_mm": BODY_KEEP_MM if body_crop else None,
         "regions": plan is not None, "why_not_regions": why_not if body_crop and plan is None else None,
-        "context_px": BODY_CONTEXT_PX if plan is not None else None,
+        "local_window": local, "context_px": BODY_CONTEXT_PX if plan is not None or local else None,
         "border_zone_px": BORDER_ZONE_PX if plan is not None else None,
         "check_max_hu": None if check_hu is None else round(check_hu, 4),
         "network_pixels_fraction": round(pixels / max(field_pixels, 1), 4)}
