@@ -1,55 +1,44 @@
 #!/usr/bin/env bash
-# Reproduces Resources/models/mvctenhance-default.pt and the numbers in its card, from the repository
-# root, in the project's virtual environment (CPU, one core: about 20 + 23 + 16 + 52 minutes of training here).
-# OMP_NUM_THREADS=1: on a shared 2-core machine one thread was ~7x faster than two (OpenMP threads
-# waiting for each other); on a free multi-core machine leave it unset.
+# Reproduces Resources/models/mvctenhance-default.pt (2.0.0) and the numbers in its card and README, from the
+# repository root with the project's virtual environment on PATH (CPU, one thread per run, torch 2.13.0).
+# Every training run is resumable: re-run its line with --resume after an interruption (the default model was
+# trained in two sittings: --stop-after 1700, then --resume; the schedule depends only on --iterations).
 set -euo pipefail
+export OMP_NUM_THREADS=1
 
-# 1. the default synthetic dataset (300 kV + 300 MV training slices, 40 paired test cases)
-mvct-enhance make-dataset data/default --seed 0
+# 1. data: 300 domain-randomised MV slices with their clean twins, 330 kV slices (phantoms + real CT anatomy,
+#    augmented), 40 test cases, 8 validation slices and 7 simulator-shift sets of 28 cases (disjoint anatomy)
+mvct-enhance make-dataset data/v2 --seed 0 --randomise --validation 8 --shift-sets --real-kv-augmentations 30
 
-# 2. training in three stages (each run is resumable: re-run it with '-o RUN --resume' after an interruption).
-#    The stages were interrupted with Ctrl-C where --stop-after says; the learning-rate schedule depends only on
-#    --iterations, so --stop-after reproduces those runs.
-# stage 1: 128-pixel crops (fast), 1033 iterations at constant learning rate of a planned 2800
-OMP_NUM_THREADS=1 mvct-enhance train --data data/default -o runs/stage1-crop128 --ngf 16 --ndf 32 --crop-size 128 \
-    --iterations 2800 --stop-after 1033 --log-every 10 --checkpoint-every 100 --sample-every 100 --seed 0
-# stage 2: whole slices (256-pixel crops: instance-norm statistics as at inference), from stage 1's weights
-OMP_NUM_THREADS=1 mvct-enhance train --data data/default -o runs/stage2-full --init-from runs/stage1-crop128 \
-    --ngf 16 --ndf 32 --crop-size 256 --iterations 650 --stop-after 449 --log-every 10 --checkpoint-every 50 \
-    --sample-every 50 --seed 0
-# stage 3: whole slices, stronger structure terms (perceptual 200, identity-like 1), from stage 2's weights
-OMP_NUM_THREADS=1 mvct-enhance train --data data/default -o runs/default --init-from runs/stage2-full \
-    --ngf 16 --ndf 32 --crop-size 256 --iterations 300 --w-perceptual 200 --w-identity 1 --log-every 10 \
-    --checkpoint-every 50 --sample-every 50 --seed 0
-# stage 4: as stage 3, plus random field-of-view truncation of 30 % of the crops (validate_fields.py showed that
-#          stage 3 draws bone along the edges of small fields), from stage 3's weights; exported
-OMP_NUM_THREADS=1 mvct-enhance train --data data/default -o runs/stage4-fov --init-from runs/default \
-    --ngf 16 --ndf 32 --crop-size 256 --iterations 1000 --w-perceptual 200 --w-identity 1 --field-truncation 0.3 \
-    --log-every 10 --checkpoint-every 50 --sample-every 100 --seed 0
-# validation on phantoms outside every dataset, whole and cut to a square field (not the test set)
-OMP_NUM_THREADS=1 mvct-enhance export runs/default -o runs/stage3.pt --name stage3 --overwrite
-OMP_NUM_THREADS=1 mvct-enhance export runs/stage4-fov -o runs/stage4.pt --name stage4 --overwrite
-OMP_NUM_THREADS=1 python Resources/models/default-model/validate_fields.py runs/stage3.pt runs/stage4.pt
+# 2. the recipe (the options the default model was trained with; its twins change only --preset or --generator)
+recipe() {
+  mvct-enhance train --data data/v2 -o "runs/$1" --preset "$2" --generator "$3" --architecture fullres \
+    --ngf 16 --fullres-layers 3 --anchor-tv-weight 0 --learned-change-hu 100 --max-change-hu 100 \
+    --change-highpass-px 3 --mv-cycle-smooth-px 1.5 --w-denoise 50 --ndf 32 --crop-size 128 --batch-size 2 \
+    --iterations 9600 --field-truncation 0.3 --max-rotation-deg 15 --label-jitter-sd 0.2 --checkpoint-every 500 \
+    --keep-checkpoints --sample-every 1000 --seed 0 --device cpu --no-progress "${@:4}"
+}
+# the default model: proposed losses, bounded generator; 5000 of the 9600 scheduled iterations (CPU budget)
+recipe default2 proposed bounded --stop-after 5000
 
-# 3. export, evaluate on the held-out paired test set, and write the numbers into the card
-mvct-enhance export runs/stage4-fov -o runs/default-unevaluated.pt --name mvctenhance-default --model-version 1.1.0
-mvct-enhance evaluate --test-set data/default --methods mvct proposed=runs/default-unevaluated.pt kv \
-    -o runs/default-evaluation --device cpu --title "MVCTEnhance default model: held-out paired test set"
-python Resources/models/default-model/card_evaluation.py runs/default-evaluation/evaluation.json \
-    runs/default-unevaluated.pt runs/default-card-extra.json
-mvct-enhance export runs/stage4-fov -o Resources/models/mvctenhance-default.pt --name mvctenhance-default \
-    --model-version 1.1.0 --card-extra runs/default-card-extra.json --overwrite
+# 3. the checkpoint, chosen on validation data only (validation/ and the same anatomy through the independent
+#    simulator): lowest mean MAE with no validation case worse than its MVCT
+python Resources/models/default-model/select_checkpoint.py data/v2 runs/default2 runs/selection.json
+CHOSEN=$(python -c "import json; print(json.load(open('runs/selection.json'))['chosen'])")
 
-# 4. the files beside the model
+# 4. export, evaluate (docs/evaluation/reproduce.sh has the whole comparison), and re-export with the card's
+#    evaluation field (same checkpoint, same weights)
+mvct-enhance export runs/default2 --checkpoint "runs/default2/checkpoints/$CHOSEN" -o runs/default2-unevaluated.pt \
+    --name mvctenhance-default --model-version 2.0.0 --overwrite
+bash docs/evaluation/reproduce.sh
+python Resources/models/default-model/card_evaluation.py docs/evaluation/evaluation.json runs/default2-unevaluated.pt \
+    proposed runs/card_evaluation.json
+mvct-enhance export runs/default2 --checkpoint "runs/default2/checkpoints/$CHOSEN" \
+    -o Resources/models/mvctenhance-default.pt --name mvctenhance-default --model-version 2.0.0 \
+    --card-extra runs/card_evaluation.json --overwrite
+python scripts/sync_slicer_files.py   # models.json's sha256 and the CMake file list
+
+# 5. the record kept beside the model
 mvct-enhance info Resources/models/mvctenhance-default.pt --json > Resources/models/default-model/model_card.json
-cp runs/stage4-fov/losses.csv runs/stage4-fov/losses.png runs/stage4-fov/config.json runs/stage4-fov/run.json \
-    Resources/models/default-model/
-for stage in stage1-crop128 stage2-full; do
-    for f in losses.csv losses.png config.json run.json; do cp runs/$stage/$f Resources/models/default-model/${stage}_$f; done
-done
-for f in losses.csv losses.png config.json run.json; do cp runs/default/$f Resources/models/default-model/stage3_$f; done
-cp runs/default-evaluation/report.md Resources/models/default-model/evaluation_report.md
-cp runs/default-evaluation/summary.csv Resources/models/default-model/evaluation_summary.csv
-cp runs/default-evaluation/montage.png Resources/models/default-model/evaluation_montage.png
-cp "$(ls runs/stage4-fov/samples/sample_*.png | tail -1)" Resources/models/default-model/sample_final.png
+cp runs/selection.json Resources/models/default-model/selection.json
+for f in losses.csv losses.png config.json run.json; do cp runs/default2/$f Resources/models/default-model/$f; done
