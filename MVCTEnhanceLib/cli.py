@@ -493,19 +493,22 @@ def _command_line(args: argparse.Namespace, positional: Sequence[str] = (), skip
     return " ".join(words)
 
 
-def _dig_pair(text: str) -> tuple[str, str]:
-    a, sep, b = text.partition(":")
-    if not sep or not a or not b:
-        raise argparse.ArgumentTypeError(f"a DIG pair is COMPARATOR:METHOD (e.g. cyclegan:proposed), got '{text}'")
-    return a, b
+def _pair(what: str, form: str, example: str) -> Callable[[str], tuple[str, str]]:
+    """An argparse type for one NAME:NAME pair of methods."""
+    def parse(text: str) -> tuple[str, str]:
+        a, sep, b = text.partition(":")
+        if not sep or not a or not b:
+            raise argparse.ArgumentTypeError(f"{what} is {form} (e.g. {example}), got '{text}'")
+        return a, b
+    return parse
 
 
-def _ablation_pair(text: str) -> tuple[str, str]:
-    a, sep, b = text.partition(":")
-    if not sep or not a or not b:
-        raise argparse.ArgumentTypeError(f"an ablation pair is WITH:WITHOUT (e.g. proposed:proposed-unbounded), "
-                                         f"got '{text}'")
-    return a, b
+_dig_pair = _pair("a DIG pair", "COMPARATOR:METHOD", "cyclegan:proposed")
+_ablation_pair = _pair("an ablation pair", "WITH:WITHOUT", "proposed:proposed-unbounded")
+
+
+def _pairs_option(option: str, pairs: list[tuple[str, str]] | None) -> str:
+    return f" {option} " + " ".join(f"{a}:{b}" for a, b in pairs) if pairs else ""
 
 
 def _add_evaluate(sub: Any) -> None:
@@ -566,8 +569,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     record = evaluate(args.test_set, args.methods, args.output, validation=args.validation, settings=_settings(args),
                       figure_case=args.figure_case, figure_slice=args.figure_slice, title=args.title, notes=notes,
                       command=_command_line(args, skip=('overwrite', 'dig_pairs', 'ablation')) +
-                      (" --dig-pairs " + " ".join(f"{a}:{b}" for a, b in args.dig_pairs) if args.dig_pairs else "") +
-                      (" --ablation " + " ".join(f"{a}:{b}" for a, b in args.ablation) if args.ablation else ""),
+                      _pairs_option("--dig-pairs", args.dig_pairs) + _pairs_option("--ablation", args.ablation),
                       overwrite=args.overwrite,
                       dig_pairs=args.dig_pairs,
                       sets=None if args.all_sets else args.sets, ablation_pairs=args.ablation, datasize=args.datasize,
@@ -641,7 +643,6 @@ def _cmd_study_datasize(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-# Each entry adds one subcommand; new commands add a line here (and their _add_/_cmd_ functions above).
 # -- calibrate -------------------------------------------------------------------------------------
 
 def _add_calibrate(sub: Any) -> None:
@@ -726,6 +727,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                  device=args.device, modelPath=args.model)
 
 
+# Each entry adds one subcommand; new commands add a line here (and their _add_/_cmd_ functions above).
 #: The commands of the runtime engine: all the 3D Slicer extension ships (MVCTEnhanceLib/engine, filejobs,
 #: cli); their parsers import nothing of training/, synth/ or study/.
 ENGINE_COMMANDS: list[Callable[[Any], None]] = [

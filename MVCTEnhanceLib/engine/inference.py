@@ -321,6 +321,19 @@ def _downsampling(node: tuple) -> int:
     return worst
 
 
+def _first_conv(module: Any) -> Any | None:
+    return next((m for m in module.modules() if _layer_name(m) == "Conv2d"), None)
+
+
+def _probe(module: Any, channels: int, size: int, seed: int) -> Any:
+    """A seeded random input in [-1, 1] (1, channels, size, size) on the module's device and dtype."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    param = next(iter(module.parameters()))
+    return (torch.rand((1, channels, size, size), generator=gen) * 2 - 1).to(param.device, param.dtype)
+
+
 def plan_network(module: Any) -> tuple[tuple | None, str]:
     """The module's plan when the region field reproduces it on a probe, else (None, why not)."""
     import torch
@@ -331,12 +344,10 @@ def plan_network(module: Any) -> tuple[tuple | None, str]:
         return None, f"the network holds {exc}"
     if STRIDE % _downsampling(plan):
         return None, f"the network downsamples by {_downsampling(plan)}, which does not divide the stride {STRIDE}"
-    first = next((m for m in module.modules() if _layer_name(m) == "Conv2d"), None)
+    first = _first_conv(module)
     if first is None:
         return None, "the network has no convolution"
-    gen = torch.Generator().manual_seed(0)
-    param = next(iter(module.parameters()))
-    probe = (torch.rand((1, first.in_channels, 32, 32), generator=gen) * 2 - 1).to(param.device, param.dtype)
+    probe = _probe(module, first.in_channels, 32, seed=0)
     with torch.inference_mode():
         want = module(probe)
         try:
@@ -355,14 +366,12 @@ def network_is_local(module: Any, context_px: int = BODY_CONTEXT_PX) -> bool:
     on the whole field inside the box, so it needs no regions."""
     import torch
 
-    if next((m for m in module.modules() if _layer_name(m) == "Conv2d"), None) is None:
+    if _first_conv(module) is None:
         return False
     margin = context_px
     size = 5 * margin  # the probe; the window is its middle, margin px in from each side
-    gen = torch.Generator().manual_seed(1)
-    param = next(iter(module.parameters()))
     # one channel, as the engine feeds every model (a bounded model makes its own channels inside)
-    probe = (torch.rand((1, 1, size, size), generator=gen) * 2 - 1).to(param.device, param.dtype)
+    probe = _probe(module, 1, size, seed=1)
     with torch.inference_mode():
         try:
             whole = module(probe)

@@ -18,7 +18,7 @@ from ..engine.files import write_json
 from ..engine.job import EnhanceSettings
 from ..engine.metrics import METRICS
 from ..engine.modelfile import load_model
-from ..training.data import open_domain
+from ..training.data import mv_twins, open_domain
 from ..training.export import export_run
 from ..training.options import PRESETS, TrainConfig
 from ..training.runfolder import load_run_config
@@ -133,8 +133,7 @@ def study_datasize(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
     # largest first: the runs that matter most (and that evaluate reuses) finish first if time runs out
     for n in sorted(sizes, reverse=True):
         subset = TrainConfig.from_dict({**template, "max_slices": n, "out_dir": str(out / "runs" / "probe")})
-        twins = subset.mv_clean if probe.weights()["denoise"] > 0 else None
-        mv_set = open_domain("MVCT", mv_src, subset, subset.seed, twins)
+        mv_set = open_domain("MVCT", mv_src, subset, subset.seed, mv_twins(subset))
         for preset in presets:
             tag = f"{preset}-n{n}"
             run_dir = out / "runs" / tag

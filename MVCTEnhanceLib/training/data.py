@@ -430,6 +430,11 @@ def open_domain(name: str, paths: list[str], config: TrainConfig, seed: int,
     return dataset
 
 
+def mv_twins(config: TrainConfig) -> list[str] | None:
+    """The MV clean twins the run reads: only when its denoise term is on."""
+    return config.mv_clean if config.weights()["denoise"] > 0 else None
+
+
 def dataset_summary(dataset: Any) -> dict[str, Any]:
     """The run record's description of a domain's data (any dataset; a SliceDataset describes itself)."""
     if hasattr(dataset, "summary"):

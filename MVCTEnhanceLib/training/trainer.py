@@ -46,7 +46,7 @@ from ..engine.errors import EnhanceCancelled, InputError, OutputError
 from ..engine.files import read_json_object, write_json
 from .curves import NON_LOSS_COLUMNS, plot_losses, plot_sample
 from .cyclegan import CycleGAN
-from .data import DomainStream, dataset_summary, net_to_hu, open_domain, sources_from_dataset
+from .data import DomainStream, dataset_summary, mv_twins, net_to_hu, open_domain, sources_from_dataset
 from .features import build_phi
 from .options import LOSS_NAMES, RESUMABLE_CHANGES, TrainConfig
 from .runfolder import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, CHECKPOINT_VERSION, CONFIG_NAME, KEPT_CHECKPOINTS,
@@ -167,9 +167,8 @@ class _Trainer:
         resume_state = self._check_run_dir()
         self.phi = build_phi(config.vgg_weights).to(self.device) if weights["perceptual"] > 0 else None
         self.phi_description = self.phi.description if self.phi is not None else "none (perceptual loss off)"
-        twins = config.mv_clean if weights["denoise"] > 0 else None  # read the twins only when used
         self.mv_dataset = mv_dataset if mv_dataset is not None else open_domain("MVCT", config.mv, config,
-                                                                                config.seed, twins)
+                                                                                config.seed, mv_twins(config))
         self.kv_dataset = kv_dataset if kv_dataset is not None else open_domain("kV-CT", config.kv, config,
                                                                                 config.seed + 1)
         if self.main:  # only once every option and input has been checked
