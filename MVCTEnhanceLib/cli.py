@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import traceback
 from typing import Any, Callable, Sequence
@@ -165,7 +166,7 @@ def _add_enhance(sub: Any) -> None:
                         "air farther than 8 mm from the body's box made canonical); slower, the engine's old path")
     p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
                    help="CPU threads of the network and the maps (default: the physical cores this process may use, less "
-                        "those the load average shows busy)")
+                        "those other processes keep busy now)")
     p.add_argument("--output-type", choices=("float32", "int16"), default="float32",
                    help="voxel type of the enhanced volume (int16: rounded, clipped)")
     p.add_argument("--series-uid", help="DICOM series to read when the input folder holds several")
@@ -796,5 +797,16 @@ def main(argv: Sequence[str] | None = None, engine_only: bool = False) -> int:
         return EXIT_INTERNAL
 
 
+def run() -> None:
+    """The ``mvct-enhance`` command: :func:`main`, then the process ends at once. Everything is
+    written, committed and flushed by then; what is skipped is the interpreter's teardown of torch's
+    modules, ~0.4 s that every command would otherwise wait for after its work is done."""
+    code = main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

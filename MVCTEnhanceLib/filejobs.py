@@ -14,19 +14,20 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from .engine.background import Background
 from .engine.errors import InputError, OutputError
 from .engine.figures import montage_png
 from .engine.files import OutputSet, write_json
 from .engine.job import EnhanceSettings, geometry_dict, run_enhance
 from .engine.settings import JobProgress
-from .engine.metrics import assess
+from .engine.metrics import assess, body_mask
 from .engine.modelfile import file_sha256, load_model, read_card
 from .engine.dicomwrite import dicom_summary, source_headers, write_dicom_series
 from .engine.registration import register_rigid
 from .engine.resources import default_model_path
 from .engine.settings import COMPRESS_OUTPUTS
 from .engine.version import __version__
-from .engine.volume import WRITE_EXTENSIONS, check_output_path, read_volume, write_volume
+from .engine.volume import WRITE_EXTENSIONS, Volume, check_output_path, read_volume, write_volume
 
 
 def output_paths_for_dir(input_path: str | os.PathLike, output_dir: str | os.PathLike) -> dict[str, Path]:
@@ -124,10 +125,22 @@ def enhance_file(input_path: str | os.PathLike, output: str | os.PathLike | None
         if not (dig or nselfssim or tissue_change or report or montage):
             settings = dataclasses.replace(settings, assess=False)
 
-        volume = read_volume(input_path, series_uid=series_uid)
-        planning = read_volume(planning_ct) if planning_ct else None
+        # The volumes are read (decompressed in SimpleITK) and the MVCT's body found (scipy) while
+        # torch is imported and the model loaded: both mostly outside Python, so they overlap (~1 s on
+        # two cores). An input's error still comes before the model's.
+        def read_inputs() -> tuple[Volume, Volume | None, Any]:
+            mvct = read_volume(input_path, series_uid=series_uid)
+            planning_volume = read_volume(planning_ct) if planning_ct else None
+            return mvct, planning_volume, body_mask(mvct) if settings.assess else None
+
+        reading = Background(read_inputs)
+        try:
+            loaded = load_model(model_path)
+        except BaseException:
+            reading.result()
+            raise
+        volume, planning, mask = reading.result()
         dicom_source = source_headers(input_path, series_uid) if dicom_dir is not None else []
-        loaded = load_model(model_path)
         registration = None
         if register:
             if progress is not None:
@@ -136,22 +149,25 @@ def enhance_file(input_path: str | os.PathLike, output: str | os.PathLike | None
             if progress is not None:
                 progress("register", 1, 1)
         t_loaded = time.perf_counter()
-        outcome = run_enhance(volume, loaded, planning, settings, progress, should_cancel)
-        t_computed = time.perf_counter()
+        written: set[str] = set()
 
+        def write_ready(name: str, result: Volume) -> None:  # each volume is written while the job goes on
+            if name in paths and name not in written:
+                written.add(name)
+                dtype = output_type if name == "output" else "float32"
+                outputs.stage_in_background(paths[name], lambda staged: write_volume(
+                    result, staged, dtype=dtype, compress=COMPRESS_OUTPUTS))
+
+        outcome = run_enhance(volume, loaded, planning, settings, progress, should_cancel, on_ready=write_ready,
+                              mask=mask)
+        t_computed = time.perf_counter()
         assessment = outcome.assessment
-        write_volume(outcome.result, outputs.stage(paths["output"]), dtype=output_type, compress=COMPRESS_OUTPUTS)
-        if assessment is not None and "dig" in paths:
-            write_volume(assessment.dig, outputs.stage(paths["dig"]), compress=COMPRESS_OUTPUTS)
-        if assessment is not None and "nselfssim" in paths:
-            write_volume(assessment.nselfssim_output, outputs.stage(paths["nselfssim"]), compress=COMPRESS_OUTPUTS)
+        outputs.finish_background()
         dicom_files = []
         if "dicom_dir" in paths:
             dicom_files = write_dicom_series(
                 outcome.result, outputs.stage(paths["dicom_dir"]), source=dicom_source,
                 derivation=f"Model {loaded.card.name} {loaded.card.version} (sha256 {loaded.sha256[:16]}...).")
-        if assessment is not None and "tissue_change" in paths:
-            write_volume(assessment.tissue_change, outputs.stage(paths["tissue_change"]), compress=COMPRESS_OUTPUTS)
         if assessment is not None and "montage" in paths:
             montage_png(outputs.stage(paths["montage"]), volume, outcome.result, planning, assessment.dig,
                         assessment.nselfssim_output,

@@ -21,9 +21,9 @@ SAGITTAL_DIRECTION = (0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0)
 
 def _skimage_nselfssim(img: np.ndarray, axis: int, noise_sd=20.0, window=(-160.0, 240.0), seed=0) -> np.ndarray:
     """Reference: the documented noise draw (per slice in slice order) and scikit-image's SSIM map."""
-    rng = np.random.default_rng(seed)
     moved = np.moveaxis(img, axis, 0)
-    noise = np.stack([rng.standard_normal(moved.shape[1:], dtype=np.float32) for _ in range(moved.shape[0])])
+    stream = metrics.NSelfSSIMNoise(seed)
+    noise = np.concatenate([stream.slices(1, *moved.shape[1:]) for _ in range(moved.shape[0])])
     lo, hi = window
     a = np.clip(moved, lo, hi).astype(np.float64)
     b = np.clip(moved + noise * np.float32(noise_sd), lo, hi).astype(np.float64)

@@ -210,3 +210,44 @@ def test_an_error_before_the_end_removes_everything_the_set_staged(tmp_path):
             write_volume(Volume(phantom_array((2, 16, 16))), outputs.stage(a))
             raise RuntimeError("the computation failed")
     assert list(tmp_path.iterdir()) == []
+
+
+# -- writes in the background ------------------------------------------------------------------------
+
+def _slow_write(text: str, seconds: float = 0.0, fail: bool = False):
+    def write(staged: Path) -> None:
+        time.sleep(seconds)
+        if fail:
+            raise OSError(28, "No space left on device", str(staged))
+        staged.write_text(text)
+    return write
+
+
+def test_background_writes_run_in_order_and_commit_together(tmp_path):
+    order = []
+    with OutputSet() as outputs:
+        a, b = outputs.add(tmp_path / "a.txt"), outputs.add(tmp_path / "b.txt")
+        outputs.stage_in_background(a, lambda staged: (time.sleep(0.3), order.append("a"), staged.write_text("A")))
+        outputs.stage_in_background(b, lambda staged: (order.append("b"), staged.write_text("B")))
+        assert not a.exists() and not b.exists()  # nothing in place before the set commits
+    assert order == ["a", "b"] and a.read_text() == "A" and b.read_text() == "B"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt"]  # no staging folder left
+
+
+def test_a_failed_background_write_discards_the_set_in_user_terms(tmp_path):
+    (tmp_path / "old.txt").write_text("kept")
+    with pytest.raises(OutputError, match=r"cannot write '.*b\.txt' \(No space left on device\); no output"):
+        with OutputSet() as outputs:
+            a, b = outputs.add(tmp_path / "a.txt"), outputs.add(tmp_path / "b.txt")
+            outputs.stage_in_background(a, _slow_write("A"))
+            outputs.stage_in_background(b, _slow_write("B", fail=True))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.txt"]
+
+
+def test_an_error_while_a_background_write_runs_waits_for_it_and_leaves_nothing(tmp_path):
+    with pytest.raises(RuntimeError, match="the job failed"):
+        with OutputSet() as outputs:
+            outputs.stage_in_background(outputs.add(tmp_path / "a.txt"), _slow_write("A", seconds=0.5))
+            raise RuntimeError("the job failed")  # the write is still sleeping: it must not land afterwards
+    time.sleep(0.7)
+    assert list(tmp_path.iterdir()) == []

@@ -5,6 +5,10 @@ threads, raw outputs and options are what the report says."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +51,7 @@ def whole_field(volume: Volume, model, monkeypatch) -> inference.EnhanceResult:
     """The same job with the module run on every whole (canonical) field: the crop's reference."""
     with monkeypatch.context() as m:
         m.setattr(inference, "plan_network", lambda module: (None, "test: the whole field"))
-        m.setattr(inference, "network_is_local", lambda module: False)
+        m.setattr(inference, "local_context_px", lambda module: None)
         return inference.enhance(volume, model, device="cpu")
 
 
@@ -197,9 +201,9 @@ def test_both_nselfssim_maps_share_one_noise_and_equal_the_whole_map_and_scikit_
     outside = np.ones(original.array.shape, bool)
     outside[:, body_box[0]:body_box[1], body_box[2]:body_box[3]] = False
     assert np.all(together[0].array[outside] == 1.0)  # air: both images clipped to the same constant
-    rng = np.random.default_rng(0)
+    stream = metrics.NSelfSSIMNoise(0)
     for k in range(original.array.shape[0]):  # the noise stream is the whole slices', in slice order
-        noise = rng.standard_normal(original.array.shape[1:], dtype=np.float32) * np.float32(20.0)
+        noise = stream.slices(1, *original.array.shape[1:])[0] * np.float32(20.0)
         a = np.clip(original.array[k], -160.0, 240.0).astype(np.float64)
         b = np.clip((original.array[k] + noise).astype(np.float32), -160.0, 240.0).astype(np.float64)
         _, full = structural_similarity(a, b, full=True, gaussian_weights=True, sigma=1.5,
@@ -273,6 +277,27 @@ def test_threads_are_chosen_given_and_restored():
     auto = run_enhance(volume, load_model(MODELS["tiny"]), settings=EnhanceSettings(device="cpu", assess=False))
     assert auto.report()["parameters"]["threads"]["intra_op"] == inference.automatic_threads() or \
         auto.report()["parameters"]["threads"]["source"].startswith("automatic")
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="no /proc/stat: the load average is used instead")
+def test_busy_cores_see_other_processes_now_and_not_a_minute_later():
+    """Real CPU-bound processes on every CPU of this process: the automatic choice drops to one thread;
+    once they are gone it rises again at once (the 1-minute load average would still count them)."""
+    cpus = len(os.sched_getaffinity(0))
+    spin = "import time\nend = time.time() + 20\nwhile time.time() < end: pass"
+    procs = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(cpus)]
+    try:
+        time.sleep(1.0)  # started and spinning
+        inference.busy_cores()  # a window that began before they did
+        saturated = inference.busy_cores()
+        threads = inference.automatic_threads()
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+    assert saturated >= inference.physical_cores() - 1 and threads <= max(1, inference.physical_cores() // 2)
+    inference.busy_cores()  # a window that began while they spun
+    assert inference.busy_cores() < saturated
 
 
 def test_cli_options_reach_the_job_and_outputs_are_written_raw(tmp_path, capsys):

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from .background import Background
 from .errors import InputError, OutputError
 
 
@@ -167,19 +168,50 @@ class OutputSet:
         self._targets: dict[Path, Path] = {}   # resolved target -> target as given
         self._staging: dict[Path, Path] = {}   # resolved target folder -> its staging folder
         self._staged: dict[Path, Path] = {}    # staged file -> target as given
+        self._writers: list[Background] = []  # stage_in_background(), in order
 
     def __enter__(self) -> "OutputSet":
         return self
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        for writer in self._writers:  # nothing is committed or removed while a thread still writes
+            writer.wait()
         if exc is None:
+            try:
+                self.finish_background()
+            except BaseException as write_error:
+                self._discard_for(write_error)
+                raise
             self.commit()
             return False
+        self._discard_for(exc)
+        return False
+
+    def _discard_for(self, exc: BaseException) -> None:
+        """Discard the set because of ``exc``; a write error naming a staged file is raised in user terms."""
         user_error = self._in_user_terms(exc)
         self.discard()
         if user_error is not None:
             raise user_error from None
-        return False
+
+    def stage_in_background(self, path: str | os.PathLike, write: Callable[[Path], Any]) -> None:
+        """:meth:`stage` ``path`` and run ``write(staged)`` in a background thread, after the writes
+        staged this way before it (one at a time: one copy of a volume in memory). The set waits for
+        every such write before it commits or discards; :meth:`finish_background` (or the commit)
+        raises the first one's error."""
+        staged, before = self.stage(path), self._writers[-1:]
+
+        def run() -> None:
+            for previous in before:
+                previous.wait()
+            write(staged)
+
+        self._writers.append(Background(run, name=f"write-{Path(path).name}"))
+
+    def finish_background(self) -> None:
+        """Wait for the background writes; raise the first error among them."""
+        for writer in self._writers:
+            writer.result()
 
     def _in_user_terms(self, exc: BaseException) -> OutputError | None:
         """A write error that names a staged file, reworded to name the user's path (None: leave it)."""

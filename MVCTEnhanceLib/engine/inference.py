@@ -158,17 +158,67 @@ def physical_cores() -> int:
     return max(1, n)
 
 
+#: Shortest and longest window (s) over which :func:`busy_cores` reads the CPUs. A window starts when
+#: this module is imported or at the previous reading, so a job's own start-up (reading its input,
+#: importing torch) is the window and costs no wait; an older start is dropped for a fresh window.
+CPU_WINDOW_S = (0.2, 10.0)
+
+
+def _this_process_cpus() -> set[int]:
+    return set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+
+
+def _cpu_reading() -> tuple[float, int, int, float] | None:
+    """(time, busy ticks, all ticks of this process's CPUs in /proc/stat, this process's own ticks);
+    None where there is no /proc/stat (macOS, Windows)."""
+    cpus = _this_process_cpus()
+    busy = total = 0
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        name, *fields = line.split()
+        if not name.startswith("cpu") or name == "cpu" or int(name[3:]) not in cpus:
+            continue
+        ticks = [int(f) for f in fields[:8]]  # user nice system idle iowait irq softirq steal
+        total += sum(ticks)
+        busy += sum(ticks) - ticks[3] - ticks[4]
+    own = os.times()
+    return (time.monotonic(), busy, total, (own.user + own.system) * os.sysconf("SC_CLK_TCK")) if total else None
+
+
+_window_start = _cpu_reading()
+
+
+def busy_cores() -> int:
+    """Physical cores that other processes keep busy now: the CPUs' non-idle ticks over the window
+    (:data:`CPU_WINDOW_S`) less this process's own, as a share of all their ticks, times
+    :func:`physical_cores`, rounded. Without /proc/stat: the 1-minute load average, rounded. The load
+    average alone lags: a job started within a minute of another one's end saw a busy core that was
+    idle, and ran on half the cores."""
+    global _window_start
+    start = _window_start
+    if start is None or time.monotonic() - start[0] > CPU_WINDOW_S[1]:
+        start = _cpu_reading()
+    if start is not None:
+        time.sleep(max(0.0, CPU_WINDOW_S[0] - (time.monotonic() - start[0])))
+        end = _window_start = _cpu_reading()
+        if end is not None and end[2] > start[2]:
+            others = max(0.0, (end[1] - start[1]) - (end[3] - start[3]))
+            return int(others / (end[2] - start[2]) * physical_cores() + 0.5)
+    try:
+        return int(os.getloadavg()[0] + 0.5)
+    except (OSError, AttributeError):  # no load average (Windows)
+        return 0
+
+
 def automatic_threads() -> int:
     """Intra-op threads for a job: the physical cores this process may use, less those that other
-    processes keep busy (the 1-minute load average, rounded), at least one. Measured on this
-    project's 2-core machine shared with two single-threaded trainings: 2 threads ran the network
-    2.5x slower than 1 (every parallel region waits for its slowest thread)."""
-    cores = physical_cores()
-    try:
-        busy = int(os.getloadavg()[0] + 0.5)
-    except (OSError, AttributeError):  # no load average (Windows)
-        busy = 0
-    return max(1, cores - busy)
+    processes keep busy now (:func:`busy_cores`), at least one. Measured on this project's 2-core
+    machine shared with two single-threaded trainings: 2 threads ran the network 2.5x slower than 1
+    (every parallel region waits for its slowest thread)."""
+    return max(1, physical_cores() - busy_cores())
 
 
 def resolve_threads(threads: int | None) -> int:
@@ -383,6 +433,17 @@ def network_is_local(module: Any, context_px: int = BODY_CONTEXT_PX) -> bool:
     inner = window[..., margin:size - 3 * margin, margin:size - 3 * margin]
     return bool(torch.allclose(inner, whole[..., 2 * margin:size - 2 * margin, 2 * margin:size - 2 * margin],
                                rtol=1e-4, atol=1e-5))
+
+def local_context_px(module: Any) -> int | None:
+    """The smallest context margin (network-grid pixels, a multiple of 4 up to :data:`BODY_CONTEXT_PX`)
+    at which :func:`network_is_local` holds: the module's receptive field as measured (to that check's
+    tolerance), so the box around the body costs no more than the network needs. The default 2.0:
+    16 px (8 convolutions and a 9 px high-pass blur, whose outermost taps fall below the tolerance).
+    None: not local within BODY_CONTEXT_PX."""
+    for margin in range(4, BODY_CONTEXT_PX + 1, 4):
+        if network_is_local(module, margin):
+            return margin
+    return None
 
 
 @dataclasses.dataclass
@@ -634,7 +695,8 @@ class _SliceConverter:
     """
 
     def __init__(self, module: Any, card: ModelCard, dev: Any, amp_dtype: Any, net_hw: tuple[int, int] | None,
-                 crop: bool = False, plan: tuple | None = None, keep_px: int = 0, local: bool = False):
+                 crop: bool = False, plan: tuple | None = None, keep_px: int = 0, local: bool = False,
+                 context_px: int = BODY_CONTEXT_PX):
         import torch
 
         self.module, self.card, self.dev, self.amp_dtype, self.net_hw = module, card, dev, amp_dtype, net_hw
@@ -645,6 +707,7 @@ class _SliceConverter:
         self.calibration = card.anchor()
         self.bound = float(card.max_change_hu) if card.bounded else None
         self.crop, self.plan, self.keep_px, self.local = crop, plan, keep_px, local
+        self.context_px = context_px  # local modules: their measured receptive field; regions: BODY_CONTEXT_PX
         self.align = _downsampling(plan) if plan is not None else STRIDE
         # canonical air: what the network is given for -1000 HU after the anchor and the window
         air_hu = float(self.anchor(torch.tensor([-1000.0])).clamp(self.lo, self.hi)[0])
@@ -710,7 +773,8 @@ class _SliceConverter:
         r0, r1, c0, c1 = keep
         hp, wp = net_in.shape[-2:]
         canonical = self._canonical(net_in, keep)
-        a, ctx, zone = self.align, BODY_CONTEXT_PX, BORDER_ZONE_PX
+        a, zone = self.align, BORDER_ZONE_PX
+        ctx = BODY_CONTEXT_PX if self.plan is not None else self.context_px
         box = (max(0, (r0 - ctx) // a * a), min(hp, -(-(r1 + ctx) // a) * a),
                max(0, (c0 - ctx) // a * a), min(wp, -(-(c1 + ctx) // a) * a))
         self.field_pixels += net_in.shape[0] * hp * wp
@@ -865,13 +929,14 @@ def enhance(volume: Volume, model: LoadedModel | str | os.PathLike, *, device: A
 
     module = loaded.module.to(dev)
     plan, why_not = plan_network(module) if body_crop else (None, "off")
-    local = bool(body_crop and plan is None and network_is_local(module))
+    context = local_context_px(module) if body_crop and plan is None else None
+    local = context is not None
     grid_spacing = min(target) if resampled else min(spacing)
     keep_px = math.ceil(BODY_KEEP_MM / grid_spacing) if body_crop else 0
 
     def converter_on(d: Any, amp: Any) -> _SliceConverter:
         return _SliceConverter(loaded.module.to(d), card, d, amp, net_hw, crop=body_crop, plan=plan, keep_px=keep_px,
-                              local=local)
+                              local=local, context_px=context or BODY_CONTEXT_PX)
 
     converter = converter_on(dev, amp_dtype)
     out = np.empty((n, h, w), dtype=np.float32)
@@ -934,7 +999,7 @@ def enhance(volume: Volume, model: LoadedModel | str | os.PathLike, *, device: A
     params["body_crop"] = {
         "enabled": bool(body_crop), "keep_mm": BODY_KEEP_MM if body_crop else None,
         "regions": plan is not None, "why_not_regions": why_not if body_crop and plan is None else None,
-        "local_window": local, "context_px": BODY_CONTEXT_PX if plan is not None or local else None,
+        "local_window": local, "context_px": BODY_CONTEXT_PX if plan is not None else (context if local else None),
         "border_zone_px": BORDER_ZONE_PX if plan is not None else None,
         "check_max_hu": None if check_hu is None else round(check_hu, 4),
         "network_pixels_fraction": round(pixels / max(field_pixels, 1), 4)}

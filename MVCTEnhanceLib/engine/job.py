@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -140,11 +140,17 @@ def _stage(progress: JobProgress | None, name: str) -> StepProgress | None:
 
 def run_enhance(volume: Volume, model: LoadedModel, planning: Volume | None = None,
                 settings: EnhanceSettings | None = None, progress: JobProgress | None = None,
-                cancel: ShouldCancel | None = None) -> Outcome:
+                cancel: ShouldCancel | None = None, on_ready: Callable[[str, Volume], None] | None = None,
+                mask: np.ndarray | None = None) -> Outcome:
     """Convert ``volume`` with ``model``; assess the input, the result and ``planning`` (see the module).
 
     Raises :class:`EnhanceCancelled` as soon as ``cancel()`` returns True (checked between batches
     and map chunks): nothing is returned then. Input errors are :class:`InputError`.
+    ``on_ready(name, volume)`` is called with each result as soon as it exists: "output" (the enhanced
+    volume, before the maps), then "nselfssim", "dig" and "tissue_change" (:func:`assess`); the file
+    jobs write them meanwhile. The job may still fail or be cancelled after a call. ``mask``: the
+    input's :func:`body_mask`, when the caller has computed it already (the file jobs do, beside
+    torch's import).
     """
     settings = settings or EnhanceSettings()
     if not isinstance(model, LoadedModel):
@@ -158,17 +164,23 @@ def run_enhance(volume: Volume, model: LoadedModel, planning: Volume | None = No
                            precision=settings.precision, resample=settings.resample, body_crop=settings.body_crop,
                            progress=_stage(progress, "enhance"), should_cancel=cancel)
         enhanced.parameters["threads"] = {"intra_op": threads, "source": "automatic: the physical cores this process "
-                                          "may use, less those the load average shows busy"
+                                          "may use, less those other processes keep busy now"
                                           if settings.threads is None else "given"}
         t1 = time.perf_counter()
+        if on_ready is not None:
+            on_ready("output", enhanced.volume)
         assessment = planning_assessment = None
         if settings.assess:
             ms = settings.metrics
             kw = dict(noise_sd=ms.noise_sd, window=ms.window, seed=ms.seed, device=settings.device,
                       should_cancel=cancel)
             # the calibration itself, applied by the tissue-change map inside the body's box only
-            anchor = (model.card.anchor() or tissue_calibration()).apply
-            assessment = assess(volume, enhanced.volume, mask=body_mask(volume), anchor=anchor,
+            anchor = model.card.anchor() or tissue_calibration()
+            if mask is None:
+                mask = body_mask(volume)
+            elif mask.shape != volume.array.shape:
+                raise InputError(f"the body mask's shape {mask.shape} differs from the volume's {volume.array.shape}")
+            assessment = assess(volume, enhanced.volume, mask=mask, anchor=anchor, on_ready=on_ready,
                                 progress=_stage(progress, "metrics"), **kw)
             if planning is not None:
                 planning_assessment = assess(planning, progress=_stage(progress, "planning"), **kw)
