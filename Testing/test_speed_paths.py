@@ -319,3 +319,25 @@ def test_cli_options_reach_the_job_and_outputs_are_written_raw(tmp_path, capsys)
     with pytest.raises(SystemExit) as refused:
         main(["enhance", str(src), "-o", str(tmp_path / "x.nrrd"), "--threads", "0"])
     assert refused.value.code == 2 and "positive integer" in capsys.readouterr().err
+
+
+def test_separate_parts_run_in_their_own_boxes_and_equal_the_whole_field(monkeypatch):
+    """A couch across the field below the body and an arm beside it: the local default model runs on a
+    box per part (the couch's own strip, not the box around everything) with the whole field's result."""
+    arr = body_in_air(n=2, size=256, centre=(100, 110))
+    arr[:, 200:210, 8:248] = 150.0  # the couch, 5 cm below the body
+    arr[:, 90:112, 200:214] = 40.0  # an arm
+    volume = Volume(arr, spacing=(1.0, 1.0, 3.0))
+    model = load_model(MODELS["default"])
+    crop = inference.enhance(volume, model, device="cpu")
+    info = crop.parameters["body_crop"]
+    assert info["local_window"] and info["boxes_max"] >= 2 and info["check_max_hu"] < 0.01
+    with monkeypatch.context() as m:  # the same parts in one box around everything
+        m.setattr(inference, "BODY_CROP_MAX_BOXES", 1)
+        one_box = inference.enhance(volume, model, device="cpu")
+    assert one_box.parameters["body_crop"]["boxes_max"] == 1
+    assert info["network_pixels_fraction"] < 0.8 * one_box.parameters["body_crop"]["network_pixels_fraction"]
+    whole = whole_field(volume, model, monkeypatch)
+    body = arr > -400.0
+    assert np.abs(crop.volume.array - whole.volume.array)[body].max() < 1.0
+    assert np.abs(crop.volume.array - one_box.volume.array)[body].max() < 1.0

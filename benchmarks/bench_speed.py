@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -82,15 +83,16 @@ def bare_network(model_path: Path, vol: np.ndarray) -> float:
     from MVCTEnhanceLib.engine.modelfile import load_model
 
     loaded = load_model(model_path)
+    module = loaded.module
     lo, hi = loaded.card.hu_window
     a, b = loaded.card.hu_to_net_scale()
     seconds = 0.0
     with torch.inference_mode():
-        loaded.module(torch.zeros(1, 1, 64, 64))  # warm-up
+        module(torch.zeros(1, 1, 64, 64))  # warm-up
         for k in range(vol.shape[0]):
             x = torch.from_numpy(np.clip(vol[k], lo, hi) * a + b)[None, None]
             t0 = time.perf_counter()
-            loaded.module(x)
+            module(x)
             seconds += time.perf_counter() - t0
     return seconds
 
@@ -180,17 +182,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-speed-") as tmp:
         src = Path(tmp) / "mvct.nrrd"
         write_volume(Volume(np.rint(vol), spacing=SPACING), src, dtype="int16")
-        out = Path(tmp) / "out"
-        out.mkdir()
-        job = ["enhance", str(src), "-o", str(out / "e.nrrd"), "--dig", str(out / "d.nrrd"), "--nselfssim",
-               str(out / "n.nrrd"), "--report", str(out / "r.json"), "--model", str(model), "--device", "cpu",
-               "--progress", "none", "--threads", str(threads), "--overwrite"]
         # Rounds alternate the job and the bare network, so that a shared machine's slow spells fall on
-        # both; the ratio is taken per round and its median printed.
+        # both; the ratio is taken per round and its median printed. Each job writes a new folder (as a
+        # user's first run does: no old outputs to replace).
         rounds = []
-        for _ in range(args.rounds):
+        for k in range(args.rounds):
+            out = Path(tmp) / f"out{k}"
+            out.mkdir()
+            job = ["enhance", str(src), "-o", str(out / "e.nrrd"), "--dig", str(out / "d.nrrd"), "--nselfssim",
+                   str(out / "n.nrrd"), "--report", str(out / "r.json"), "--model", str(model), "--device", "cpu",
+                   "--progress", "none", "--threads", str(threads)]
             e2e_s, e2e_rss = run_cli(job)
             rounds.append((e2e_s, e2e_rss, bare_network(model, vol), json.loads((out / "r.json").read_text())))
+            shutil.rmtree(out)
         help_s, _ = run_cli(["--help"])
 
     crop = crop_comparison(model, vol[:args.crop_slices]) if args.crop_slices else None

@@ -18,7 +18,8 @@ matrix):
 
 With the body crop (the default; see its section) step 3 sees canonical air beyond the body's box
 plus :data:`BODY_KEEP_MM` and runs on the body only, with the whole field's result; the change
-beyond that box is zero, so air stays the anchor there.
+beyond that box is zero, so air stays the anchor there. A network without statistics over the field
+runs on one box per separate part (the body, the couch, an arm) plus its measured receptive field.
 
 The caller's array is never written to; a cancelled run raises :class:`EnhanceCancelled` and
 returns nothing.
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+from scipy import ndimage
 
 from .device import resolve_device
 from .errors import EnhanceCancelled, InputError
@@ -284,6 +286,8 @@ BODY_CONTEXT_PX = 32
 #: exactly (a crop closer to a border is extended to it). Measured as above, body 47 % of the field's
 #: width: 32 px -> 0.65 HU, 40 px -> 0.08 HU, 48 px -> 0.05 HU, but 48 extends more crops.
 BORDER_ZONE_PX = 40
+#: More separate parts above the body threshold than this (streaks, many cables) run in one box.
+BODY_CROP_MAX_BOXES = 8
 #: Above this fraction of the field's pixels the crop saves too little (the regions cost ~1.2x the
 #: module per pixel on CPU): the module runs on the field.
 BODY_CROP_MAX_FRACTION = 0.8
@@ -712,6 +716,7 @@ class _SliceConverter:
         # canonical air: what the network is given for -1000 HU after the anchor and the window
         air_hu = float(self.anchor(torch.tensor([-1000.0])).clamp(self.lo, self.hi)[0])
         self.air = air_hu * self.a + self.b
+        self.max_boxes = 0       # most kept boxes in one batch (local modules: body, couch, ...)
         self.pixels = 0          # network input pixels over the run (regions, or whole fields)
         self.field_pixels = 0    # ... and what whole fields would have been
 
@@ -744,61 +749,99 @@ class _SliceConverter:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.dev.type, dtype=self.amp_dtype)
 
-    def _keep_box(self, anchor: Any, padded_hw: tuple[int, int]) -> tuple[int, int, int, int] | None:
-        """Rows and columns (padded grid) of the batch's voxels above the body threshold plus
-        ``keep_px``; None when the batch holds none (air only)."""
+    def _keep_boxes(self, anchor: Any, padded_hw: tuple[int, int]) -> list[tuple[int, int, int, int]]:
+        """Boxes (rows and columns of the padded grid) around the batch's voxels above the body
+        threshold, grown by ``keep_px``; [] when the batch holds none (air only). A local module gets
+        one box per group of separate parts (the body, the couch, an arm) whose crops with their context
+        would cost more apart than together, at most :data:`BODY_CROP_MAX_BOXES`; the regions (instance
+        norms) get one box around everything."""
         import torch
 
         above = (anchor[:, 0] > BODY_THRESHOLD_HU).any(0)
-        rows = torch.nonzero(above.any(1)).flatten()
-        if rows.numel() == 0:
-            return None
-        cols = torch.nonzero(above.any(0)).flatten()
         (gh, gw), (hp, wp), k = anchor.shape[-2:], padded_hw, self.keep_px
-        r0, r1 = max(0, int(rows[0]) - k), min(gh, int(rows[-1]) + 1 + k)
-        c0, c1 = max(0, int(cols[0]) - k), min(gw, int(cols[-1]) + 1 + k)
+        if self.local and self.plan is None:
+            labels, _ = ndimage.label(above.cpu().numpy())
+            parts = [(sl[0].start, sl[0].stop, sl[1].start, sl[1].stop) for sl in ndimage.find_objects(labels)]
+        else:
+            rows = torch.nonzero(above.any(1)).flatten()
+            cols = torch.nonzero(above.any(0)).flatten()
+            parts = [(int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)] if rows.numel() else []
+        boxes = [(max(0, r0 - k), min(gh, r1 + k), max(0, c0 - k), min(gw, c1 + k)) for r0, r1, c0, c1 in parts]
+        merged = True
+        while merged and len(boxes) > 1:
+            merged = False
+            for i in range(len(boxes)):
+                for j in range(i + 1, len(boxes)):
+                    a, b = boxes[i], boxes[j]
+                    union = (min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3]))
+                    # (boxes may overlap: each crop is exact on the canonical field, the overlap twice)
+                    if self._crop_pixels(union, padded_hw) <= (self._crop_pixels(a, padded_hw)
+                                                               + self._crop_pixels(b, padded_hw)):
+                        boxes[i], merged = union, True
+                        del boxes[j]
+                        break
+                if merged:
+                    break
+        if len(boxes) > BODY_CROP_MAX_BOXES:
+            boxes = [(min(b[0] for b in boxes), max(b[1] for b in boxes), min(b[2] for b in boxes),
+                      max(b[3] for b in boxes))]
+        self.max_boxes = max(self.max_boxes, len(boxes))
         # touching the grid's end: the stride padding beyond it mirrors kept voxels, so keep it too
-        return r0, (hp if r1 == gh else r1), c0, (wp if c1 == gw else c1)
+        return [(r0, (hp if r1 == gh else r1), c0, (wp if c1 == gw else c1)) for r0, r1, c0, c1 in boxes]
 
-    def _canonical(self, net_in: Any, keep: tuple[int, int, int, int]) -> Any:
-        """``net_in`` with the air value outside ``keep``."""
-        r0, r1, c0, c1 = keep
+    def _crop(self, box: tuple[int, int, int, int], padded_hw: tuple[int, int]) -> tuple[int, int, int, int]:
+        """``box`` with its context margin, on multiples of the alignment, inside the padded grid."""
+        (hp, wp), a = padded_hw, self.align
+        ctx = BODY_CONTEXT_PX if self.plan is not None else self.context_px
+        r0, r1, c0, c1 = box
+        return (max(0, (r0 - ctx) // a * a), min(hp, -(-(r1 + ctx) // a) * a),
+                max(0, (c0 - ctx) // a * a), min(wp, -(-(c1 + ctx) // a) * a))
+
+    def _crop_pixels(self, box: tuple[int, int, int, int], padded_hw: tuple[int, int]) -> int:
+        r0, r1, c0, c1 = self._crop(box, padded_hw)
+        return (r1 - r0) * (c1 - c0)
+
+    def _canonical(self, net_in: Any, boxes: list[tuple[int, int, int, int]]) -> Any:
+        """``net_in`` with the air value outside ``boxes``."""
         canonical = net_in.new_full(net_in.shape, self.air)
-        canonical[..., r0:r1, c0:c1] = net_in[..., r0:r1, c0:c1]
+        for r0, r1, c0, c1 in boxes:
+            canonical[..., r0:r1, c0:c1] = net_in[..., r0:r1, c0:c1]
         return canonical
 
-    def _network_on_body(self, net_in: Any, keep: tuple[int, int, int, int]) -> tuple[Any, bool]:
-        """The module's output on ``net_in`` with canonical air outside ``keep``, in the kept box only,
-        and whether it came from the regions (else from the module on the whole canonical field)."""
-        r0, r1, c0, c1 = keep
+    def _network_on_body(self, net_in: Any, boxes: list[tuple[int, int, int, int]]) -> tuple[list, bool, Any]:
+        """The module's output on ``net_in`` with canonical air outside ``boxes``, in each kept box;
+        whether it came from crops or regions (else from the module on the whole canonical field); and
+        that canonical field."""
         hp, wp = net_in.shape[-2:]
-        canonical = self._canonical(net_in, keep)
+        canonical = self._canonical(net_in, boxes)
         a, zone = self.align, BORDER_ZONE_PX
-        ctx = BODY_CONTEXT_PX if self.plan is not None else self.context_px
-        box = (max(0, (r0 - ctx) // a * a), min(hp, -(-(r1 + ctx) // a) * a),
-               max(0, (c0 - ctx) // a * a), min(wp, -(-(c1 + ctx) // a) * a))
         self.field_pixels += net_in.shape[0] * hp * wp
         small = hp < 2 * zone + a or wp < 2 * zone + a
-        if self.plan is not None and not small:
-            box = _snap_box(box, hp, wp, zone)
+        if self.plan is not None and not small:  # one box: see _keep_boxes
+            (r0, r1, c0, c1), = boxes
+            box = _snap_box(self._crop(boxes[0], (hp, wp)), hp, wp, zone)
             field = _Field.around(canonical, box, zone, self.air, a)
             pixels = sum(reg.t.shape[-2] * reg.t.shape[-1] * len(reg.members) for reg in field.regions)
             if pixels <= BODY_CROP_MAX_FRACTION * hp * wp:
                 self.pixels += net_in.shape[0] * pixels
                 with self._autocast():
                     y = field.run(self.plan)
-                return y[..., r0 - box[0]:r1 - box[0], c0 - box[2]:c1 - box[2]].float(), True
-        if self.local:  # no statistics over the field: the module on the box with its context margin
-            pixels = (box[1] - box[0]) * (box[3] - box[2])
+                return [y[..., r0 - box[0]:r1 - box[0], c0 - box[2]:c1 - box[2]].float()], True, canonical
+        if self.local:  # no statistics over the field: the module on each box with its context margin
+            crops = [self._crop(b, (hp, wp)) for b in boxes]
+            pixels = sum((q1 - q0) * (d1 - d0) for q0, q1, d0, d1 in crops)
             if pixels <= BODY_CROP_MAX_FRACTION * hp * wp:
                 self.pixels += net_in.shape[0] * pixels
+                ys = []
                 with self._autocast():
-                    y = self.module(canonical[..., box[0]:box[1], box[2]:box[3]])
-                return y[..., r0 - box[0]:r1 - box[0], c0 - box[2]:c1 - box[2]].float(), True
+                    for (r0, r1, c0, c1), (q0, q1, d0, d1) in zip(boxes, crops):
+                        y = self.module(canonical[..., q0:q1, d0:d1])
+                        ys.append(y[..., r0 - q0:r1 - q0, c0 - d0:c1 - d0].float())
+                return ys, True, canonical
         self.pixels += net_in.shape[0] * hp * wp
         with self._autocast():
             y = self.module(canonical)
-        return y[..., r0:r1, c0:c1].float(), False
+        return [y[..., r0:r1, c0:c1].float() for r0, r1, c0, c1 in boxes], False, canonical
 
     def _change(self, y: Any, net_in: Any, anchor: Any, clipped: Any) -> Any:
         """The change in HU from the network's output ``y`` for the input ``net_in`` (same region)."""
@@ -835,16 +878,18 @@ class _SliceConverter:
             change = self._change(y[..., :gh, :gw].float(), net_in[..., :gh, :gw], anchor, clipped)
         else:
             change = torch.zeros_like(anchor)
-            keep = self._keep_box(anchor, net_in.shape[-2:])
-            if keep is not None:  # else air only: the anchor, untouched
-                r0, r1, c0, c1 = keep
-                y, cropped = self._network_on_body(net_in, keep)
-                g1, h1 = min(r1, gh), min(c1, gw)
-                y = y[..., :g1 - r0, :h1 - c0]
-                part = (..., slice(r0, g1), slice(c0, h1))
-                change[part] = self._change(y, net_in[part], anchor[part], clipped[part])
+            boxes = self._keep_boxes(anchor, net_in.shape[-2:])
+            if boxes:  # else air only: the anchor, untouched
+                ys, cropped, canonical = self._network_on_body(net_in, boxes)
+                kept = []
+                for (r0, r1, c0, c1), y in zip(boxes, ys):
+                    g1, h1 = min(r1, gh), min(c1, gw)
+                    y = y[..., :g1 - r0, :h1 - c0]
+                    part = (..., slice(r0, g1), slice(c0, h1))
+                    change[part] = self._change(y, net_in[part], anchor[part], clipped[part])
+                    kept.append(y[:1])
                 if check and cropped:
-                    check_hu = self._check(net_in[:1], keep, y[:1], anchor[:1][part])
+                    check_hu = self._check(canonical[:1], boxes, kept, anchor[:1])
         if self.net_hw:
             change = self._resize(change, (h, w))
             if self.bound is not None:
@@ -853,18 +898,21 @@ class _SliceConverter:
         out = out[:, 0].cpu().numpy()
         return (out, check_hu) if check else out
 
-    def _check(self, net_in: Any, keep: tuple[int, int, int, int], y: Any, anchor: Any) -> float:
+    def _check(self, canonical: Any, boxes: list[tuple[int, int, int, int]], ys: list, anchor: Any) -> float:
         """Largest |crop - whole canonical field| (HU of the change) over the body voxels of one slice."""
-        r0, c0 = keep[0], keep[2]
-        canonical = self._canonical(net_in, keep)
         with self._autocast():
-            whole = self.module(canonical)[..., r0:r0 + y.shape[-2], c0:c0 + y.shape[-1]].float()
+            whole = self.module(canonical).float()
         scale = self.bound if self.bound is not None else 1.0 / self.a
-        if self.bound is not None:
-            y, whole = y.clamp(-1.0, 1.0), whole.clamp(-1.0, 1.0)
-        body = anchor > BODY_THRESHOLD_HU
-        diff = (y - whole).abs() * scale
-        return float(diff[body].max()) if bool(body.any()) else 0.0
+        worst = 0.0
+        for (r0, _, c0, _), y in zip(boxes, ys):
+            part = (..., slice(r0, r0 + y.shape[-2]), slice(c0, c0 + y.shape[-1]))
+            w = whole[part]
+            if self.bound is not None:
+                y, w = y.clamp(-1.0, 1.0), w.clamp(-1.0, 1.0)
+            body = anchor[part] > BODY_THRESHOLD_HU
+            if bool(body.any()):
+                worst = max(worst, float(((y - w).abs() * scale)[body].max()))
+        return worst
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -942,7 +990,7 @@ def enhance(volume: Volume, model: LoadedModel | str | os.PathLike, *, device: A
     out = np.empty((n, h, w), dtype=np.float32)
     bs = batch_size or DEFAULT_BATCH.get(dev.type, 2)
     check_hu: float | None = None
-    pixels = field_pixels = 0
+    pixels = field_pixels = boxes_max = 0
     if progress:
         progress(0, n)
     start = 0
@@ -976,6 +1024,7 @@ def enhance(volume: Volume, model: LoadedModel | str | os.PathLike, *, device: A
                 else:
                     dev = torch.device("cpu")
                     pixels, field_pixels = pixels + converter.pixels, field_pixels + converter.field_pixels
+                    boxes_max = max(boxes_max, converter.max_boxes)
                     converter = converter_on(dev, None)
                     notes.append("CUDA out of memory even with batch size 1: continued on the CPU")
                 log.warning(notes[-1])
@@ -1002,7 +1051,8 @@ def enhance(volume: Volume, model: LoadedModel | str | os.PathLike, *, device: A
         "local_window": local, "context_px": BODY_CONTEXT_PX if plan is not None else (context if local else None),
         "border_zone_px": BORDER_ZONE_PX if plan is not None else None,
         "check_max_hu": None if check_hu is None else round(check_hu, 4),
-        "network_pixels_fraction": round(pixels / max(field_pixels, 1), 4)}
+        "network_pixels_fraction": round(pixels / max(field_pixels, 1), 4),
+        "boxes_max": max(boxes_max, converter.max_boxes) if body_crop else None}
     for note in notes:
         log.warning(note)
     return EnhanceResult(volume.with_array(result, enhanced_by=card.name), notes, seconds, str(dev), params)
