@@ -241,8 +241,9 @@ def _check_window(window: Any, sigma: Any) -> tuple[float, float, float]:
 
 class NSelfSSIMNoise:
     """The noise NSelfSSIM adds: standard-normal float32 slices, one after the other, from torch's CPU
-    generator seeded with ``seed`` (the same stream on every machine and device, to the last bit of
-    its vectorised transform; ~3x faster than numpy's sampler, which cost a quarter of the maps)."""
+    generator seeded with ``seed``: the same stream whatever the device the maps run on, and on every
+    CPU up to the last bit (its vectorised transform rounds differently on some). ~3x faster than
+    numpy's sampler, which cost a quarter of the maps' time."""
 
     def __init__(self, seed: int) -> None:
         import torch
