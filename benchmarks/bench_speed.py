@@ -83,16 +83,15 @@ def bare_network(model_path: Path, vol: np.ndarray) -> float:
     from MVCTEnhanceLib.engine.modelfile import load_model
 
     loaded = load_model(model_path)
-    module = loaded.module
     lo, hi = loaded.card.hu_window
     a, b = loaded.card.hu_to_net_scale()
     seconds = 0.0
     with torch.inference_mode():
-        module(torch.zeros(1, 1, 64, 64))  # warm-up
+        loaded.module(torch.zeros(1, 1, 64, 64))  # warm-up
         for k in range(vol.shape[0]):
             x = torch.from_numpy(np.clip(vol[k], lo, hi) * a + b)[None, None]
             t0 = time.perf_counter()
-            module(x)
+            loaded.module(x)
             seconds += time.perf_counter() - t0
     return seconds
 

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import itertools
 import logging
 import math
 import os
@@ -138,13 +140,16 @@ def _resolve_precision(precision: str, dev: Any) -> Any:
     return {"auto": torch.float16, "fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}[precision]
 
 
+def _this_process_cpus() -> set[int]:
+    return set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+
+
 def physical_cores() -> int:
     """CPU cores this process may use: distinct physical cores among the CPUs of its affinity mask,
     capped by a cgroup CPU quota (containers). Hyper-threads add little to convolutions and a
     quota below the machine's cores makes more threads only contend."""
-    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
     cores = set()
-    for cpu in cpus:
+    for cpu in sorted(_this_process_cpus()):
         topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
         try:
             cores.add(tuple((topology / name).read_text().strip() for name in ("physical_package_id", "core_id")))
@@ -164,10 +169,6 @@ def physical_cores() -> int:
 #: this module is imported or at the previous reading, so a job's own start-up (reading its input,
 #: importing torch) is the window and costs no wait; an older start is dropped for a fresh window.
 CPU_WINDOW_S = (0.2, 10.0)
-
-
-def _this_process_cpus() -> set[int]:
-    return set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
 
 
 def _cpu_reading() -> tuple[float, int, int, float] | None:
@@ -673,6 +674,11 @@ def _pad_mode(x: Any, pads: tuple[int, int, int, int], mode: str) -> Any:
     return F.pad(x, pads, mode="constant" if mode == "zeros" else mode)
 
 
+def _union(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """The smallest box (r0, r1, c0, c1) holding both."""
+    return min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3])
+
+
 def _snap_box(box: tuple[int, int, int, int], height: int, width: int, zone: int) -> tuple[int, int, int, int]:
     """A crop that overlaps an image-border zone is extended to that border (it then holds the zone
     itself) and made at least one zone deep there, so regions never overlap."""
@@ -755,44 +761,32 @@ class _SliceConverter:
         one box per group of separate parts (the body, the couch, an arm) whose crops with their context
         would cost more apart than together, at most :data:`BODY_CROP_MAX_BOXES`; the regions (instance
         norms) get one box around everything."""
-        import torch
-
-        above = (anchor[:, 0] > BODY_THRESHOLD_HU).any(0)
+        above = (anchor[:, 0] > BODY_THRESHOLD_HU).any(0).cpu().numpy()
         (gh, gw), (hp, wp), k = anchor.shape[-2:], padded_hw, self.keep_px
-        if self.local and self.plan is None:
-            labels, _ = ndimage.label(above.cpu().numpy())
-            parts = [(sl[0].start, sl[0].stop, sl[1].start, sl[1].stop) for sl in ndimage.find_objects(labels)]
-        else:
-            rows = torch.nonzero(above.any(1)).flatten()
-            cols = torch.nonzero(above.any(0)).flatten()
-            parts = [(int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)] if rows.numel() else []
-        boxes = [(max(0, r0 - k), min(gh, r1 + k), max(0, c0 - k), min(gw, c1 + k)) for r0, r1, c0, c1 in parts]
-        merged = True
-        while merged and len(boxes) > 1:
-            merged = False
-            for i in range(len(boxes)):
-                for j in range(i + 1, len(boxes)):
-                    a, b = boxes[i], boxes[j]
-                    union = (min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3]))
-                    # (boxes may overlap: each crop is exact on the canonical field, the overlap twice)
-                    if self._crop_pixels(union, padded_hw) <= (self._crop_pixels(a, padded_hw)
-                                                               + self._crop_pixels(b, padded_hw)):
-                        boxes[i], merged = union, True
-                        del boxes[j]
-                        break
-                if merged:
+        parts = ndimage.label(above)[0] if self.local else above.astype(np.int8)  # local: one label per part
+        boxes = [(max(0, r.start - k), min(gh, r.stop + k), max(0, c.start - k), min(gw, c.stop + k))
+                 for r, c in ndimage.find_objects(parts)]
+        merging = len(boxes) > 1
+        while merging:
+            for i, j in itertools.combinations(range(len(boxes)), 2):
+                union = _union(boxes[i], boxes[j])
+                # (boxes may overlap: each crop is exact on the canonical field, the overlap twice)
+                if self._crop_pixels(union, padded_hw) <= (self._crop_pixels(boxes[i], padded_hw)
+                                                           + self._crop_pixels(boxes[j], padded_hw)):
+                    boxes[i] = union
+                    del boxes[j]
                     break
+            else:
+                merging = False
         if len(boxes) > BODY_CROP_MAX_BOXES:
-            boxes = [(min(b[0] for b in boxes), max(b[1] for b in boxes), min(b[2] for b in boxes),
-                      max(b[3] for b in boxes))]
+            boxes = [functools.reduce(_union, boxes)]
         self.max_boxes = max(self.max_boxes, len(boxes))
         # touching the grid's end: the stride padding beyond it mirrors kept voxels, so keep it too
         return [(r0, (hp if r1 == gh else r1), c0, (wp if c1 == gw else c1)) for r0, r1, c0, c1 in boxes]
 
     def _crop(self, box: tuple[int, int, int, int], padded_hw: tuple[int, int]) -> tuple[int, int, int, int]:
         """``box`` with its context margin, on multiples of the alignment, inside the padded grid."""
-        (hp, wp), a = padded_hw, self.align
-        ctx = BODY_CONTEXT_PX if self.plan is not None else self.context_px
+        (hp, wp), a, ctx = padded_hw, self.align, self.context_px
         r0, r1, c0, c1 = box
         return (max(0, (r0 - ctx) // a * a), min(hp, -(-(r1 + ctx) // a) * a),
                 max(0, (c0 - ctx) // a * a), min(wp, -(-(c1 + ctx) // a) * a))
